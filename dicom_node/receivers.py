@@ -1,0 +1,190 @@
+"""Accepting associations: the accept loop, run in threads or in receiving processes.
+
+The node's listening sockets are opened once, in the node process. Each receiver waits on
+them and serves every association it accepts in a thread of its own
+(:class:`~dicom_node.acceptor.Acceptor`). With ``node.receiver_processes: 0`` one accept
+loop runs in a thread of the node process (:class:`ThreadReceiver`); otherwise in that
+many processes (:mod:`dicom_node.receiver_processes`), so that parallel associations run
+on several cores, free of one interpreter lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dicom_node.acceptor import Acceptor, Slots
+
+logger = logging.getLogger(__name__)
+
+#: How long stopping waits for associations in progress before cutting them off.
+STOP_GRACE_SECONDS = 2.0
+#: A receiving process busier than a sibling waits this long before taking a connection.
+DEFER_SECONDS = 0.005
+
+Listener = tuple[socket.socket, bool]  # a listening socket, and whether it speaks TLS
+
+
+def default_process_count() -> int:
+    """One receiving process per CPU core, at most 4."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def accept_loop(
+    listeners: Sequence[Listener],
+    acceptor: Acceptor,
+    stop: Connection | socket.socket,
+    *,
+    on_message: Callable[[bytes], None] | None = None,
+) -> None:
+    """Accept connections until told to stop; serve each in a thread.
+
+    ``stop`` is a socket (any data or its closing stops the loop) or the lifeline pipe
+    from the node process (its closing stops the loop; a message goes to ``on_message``).
+    Then stop accepting, give associations in progress :data:`STOP_GRACE_SECONDS` to end
+    and cut the rest off (an incomplete instance is never stored).
+    """
+    selector = selectors.DefaultSelector()
+    for listener, tls in listeners:
+        listener.setblocking(False)
+        selector.register(listener, selectors.EVENT_READ, (listener, tls))
+    selector.register(stop, selectors.EVENT_READ, None)
+    active: dict[threading.Thread, socket.socket] = {}
+    lock = threading.Lock()
+
+    slots = acceptor.slots
+
+    def serve(connection: socket.socket, address: Any, tls: bool) -> None:
+        try:
+            acceptor.serve(connection, address, tls=tls)
+        finally:
+            slots.closed()
+            with lock:
+                active.pop(threading.current_thread(), None)
+
+    try:
+        running = True
+        while running:
+            for key, _events in selector.select():
+                if key.data is None:
+                    running = _still_running(stop, on_message)
+                    if not running:
+                        break
+                    continue
+                listener, tls = key.data
+                if slots.busier_than_siblings():
+                    # Every receiving process is woken; let a less busy one take it, so
+                    # that parallel associations spread over the cores.
+                    time.sleep(DEFER_SECONDS)
+                try:
+                    connection, address = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # another receiving process took it
+                except OSError as exc:
+                    # Out of file descriptors, for instance: wait a little, keep serving.
+                    logger.error("cannot accept a connection: %s", exc)  # noqa: TRY400
+                    time.sleep(0.1)
+                    continue
+                connection.setblocking(True)
+                slots.opened()
+                thread = threading.Thread(
+                    target=serve,
+                    args=(connection, address, tls),
+                    name=f"association-{address[0]}:{address[1]}",
+                    daemon=True,
+                )
+                with lock:
+                    active[thread] = connection
+                thread.start()
+    finally:
+        selector.close()
+        for listener, _tls in listeners:
+            listener.close()
+        _wind_down(active, lock)
+
+
+def _still_running(
+    stop: Connection | socket.socket, on_message: Callable[[bytes], None] | None
+) -> bool:
+    """Handle what arrived on ``stop``: whether the accept loop goes on."""
+    if isinstance(stop, socket.socket) or on_message is None:
+        return False
+    try:
+        message = stop.recv_bytes()
+    except (EOFError, OSError):
+        return False  # the node process closed our lifeline, or died
+    on_message(message)
+    return True
+
+
+def _wind_down(active: dict[threading.Thread, socket.socket], lock: threading.Lock) -> None:
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while True:
+        with lock:
+            remaining = dict(active)
+        if not remaining or time.monotonic() >= deadline:
+            break
+        next(iter(remaining)).join(timeout=0.05)
+    for connection in remaining.values():
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+    for thread in remaining:
+        thread.join(timeout=5)
+
+
+class LocalSlots(Slots):
+    """Connections counted in one process."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def within_limit(self) -> bool:
+        return self._open <= self._limit
+
+    def busier_than_siblings(self) -> bool:
+        return False
+
+
+class ThreadReceiver:
+    """The accept loop in a thread of this process (``receiver_processes: 0``)."""
+
+    def __init__(self, acceptor: Acceptor, listeners: Sequence[Listener]) -> None:
+        self._acceptor = acceptor
+        self._listeners = listeners
+        self._stop_reader, self._stop_writer = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="dicom-accept", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stop_writer.send(b"x")
+        self._thread.join(timeout=STOP_GRACE_SECONDS + 10)
+        self._stop_reader.close()
+        self._stop_writer.close()
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Outcomes are reported as they happen in this process: nothing to wait for."""
+        return True
+
+    def _run(self) -> None:
+        accept_loop(self._listeners, self._acceptor, self._stop_reader)

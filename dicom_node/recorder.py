@@ -1,0 +1,158 @@
+"""Recording received instances in the ledger, off the network's critical path.
+
+The SCP answers Success as soon as an instance is durably in the spool; the ledger rows
+are written by one background thread in batches (one transaction for many instances).
+If the process dies between the two, :func:`register_unrecorded` finds the files on the
+next start, so an acknowledged instance is never forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.jobs import InstanceRecord
+from core.ledger import Ledger
+from dicom_node.header import read_identity
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 500
+_LINGER_SECONDS = 0.5
+
+
+class IngestRecorder:
+    """Writes :class:`InstanceRecord` batches to the ledger from a background thread."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._queue: queue.Queue[InstanceRecord | None] = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="ingest-recorder", daemon=True)
+        self._stopped = False
+        self._sources: list[Callable[[float], bool]] = []
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, record: InstanceRecord) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(record)
+
+    def follow(self, source: Callable[[float], bool]) -> None:
+        """Also wait for ``source`` (the SCP's receivers) when flushing: instances stored
+        in other processes reach this recorder a little later."""
+        self._sources.append(source)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything stored so far is in the ledger; False on timeout."""
+        deadline = time.monotonic() + timeout
+        for source in self._sources:
+            if not source(timeout):
+                return False
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = time.monotonic() + _LINGER_SECONDS
+            while len(batch) < _BATCH:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[InstanceRecord]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._ledger.record_instances(batch)
+                break
+            except Exception:
+                # The files are safe in the spool; keep trying, and a restart would find
+                # them anyway (register_unrecorded). Never drop the batch.
+                logger.exception(
+                    "could not record %d instances in the ledger; retrying", len(batch)
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        with self._idle:
+            self._pending -= len(batch)
+            self._idle.notify_all()
+
+
+def register_unrecorded(spool_root: Path, ledger: Ledger) -> int:
+    """Record spool files that the ledger does not know (a crash after Success).
+
+    Returns the number of instances registered.
+    """
+    registered = 0
+    for series_dir in sorted(p for p in spool_root.glob("*/*") if p.is_dir()):
+        known = {i.sop_instance_uid for i in ledger.series_instances(series_dir.name)}
+        records: list[InstanceRecord] = []
+        for path in sorted(series_dir.glob("*.dcm")):
+            if path.stem in known:
+                continue
+            try:
+                identity = read_identity(path.read_bytes())
+            except Exception:
+                logger.exception("cannot re-register spool file %s", path)
+                continue
+            stat = path.stat()
+            records.append(
+                InstanceRecord(
+                    sop_instance_uid=identity.sop_instance_uid,
+                    sop_class_uid=identity.sop_class_uid,
+                    series_instance_uid=identity.series_instance_uid,
+                    study_instance_uid=identity.study_instance_uid,
+                    transfer_syntax_uid=_transfer_syntax(path),
+                    path=str(path),
+                    size=stat.st_size,
+                    received_at=stat.st_mtime,
+                    calling_ae="(recovered)",
+                    called_ae="(recovered)",
+                    peer="(recovered)",
+                    modality=identity.modality,
+                )
+            )
+        if records:
+            ledger.record_instances(records)
+            registered += len(records)
+    if registered:
+        logger.warning("registered %d spool instances missing from the ledger", registered)
+    return registered
+
+
+def _transfer_syntax(path: Path) -> str:
+    from pydicom.filereader import read_file_meta_info  # noqa: PLC0415
+
+    return str(read_file_meta_info(path).TransferSyntaxUID)

@@ -1,0 +1,99 @@
+"""Retention: spool data of finished work is removed after a while; failures are kept.
+
+Every ``retention.sweep_interval_seconds`` the node removes the spool folder of
+
+* a series whose jobs all ended DONE, and whose forwarded originals were all sent, more
+  than ``retention.done_days`` ago (and the results those jobs wrote);
+* an UNROUTED or DISCARDED series older than ``retention.unrouted_days``, when
+  ``routing.unrouted`` is ``discard``.
+
+A series with a FAILED job, anything in quarantine, and anything still in flight are
+never removed: they wait for an operator. Removed series stay in the ledger as PURGED.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.jobs import JobState, SeriesRecord, SeriesState
+from core.ledger import Ledger
+from core.outbox import DeliveryState, Outbox
+from core.periodic import Periodic
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_DAY = 86_400.0
+
+
+class RetentionSweeper:
+    def __init__(
+        self, settings: Settings, ledger: Ledger, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._outbox = Outbox(ledger)
+        self._clock = clock
+        self._loop = Periodic("retention", settings.retention.sweep_interval_seconds, self.run_once)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def run_once(self) -> list[str]:
+        """Remove what the policy allows; return the Series Instance UIDs removed."""
+        now = self._clock()
+        retention = self.settings.retention
+        removed: list[str] = []
+        for series in self.ledger.list_series(
+            states=[SeriesState.ROUTED],
+            updated_before=now - retention.done_days * _DAY,
+            limit=10_000,
+        ):
+            if self._finished(series, before=now - retention.done_days * _DAY):
+                removed.append(self._remove(series, "all jobs done"))
+        if self.settings.routing.unrouted == "discard":
+            for series in self.ledger.list_series(
+                states=[SeriesState.UNROUTED, SeriesState.DISCARDED],
+                updated_before=now - retention.unrouted_days * _DAY,
+                limit=10_000,
+            ):
+                removed.append(self._remove(series, "unrouted, routing.unrouted is discard"))
+        return removed
+
+    def _finished(self, series: SeriesRecord, *, before: float) -> bool:
+        jobs = self.ledger.jobs(series_uid=series.series_instance_uid, limit=1000)
+        if any(job.state != JobState.DONE or job.updated_at >= before for job in jobs):
+            return False
+        if self.ledger.quarantined(series_uid=series.series_instance_uid):
+            return False
+        forwards = self._outbox.items(series_uid=series.series_instance_uid)
+        return all(
+            item.state == DeliveryState.SENT and item.updated_at < before for item in forwards
+        )
+
+    def _remove(self, series: SeriesRecord, why: str) -> str:
+        folder = self.settings.spool_dir / series.study_instance_uid / series.series_instance_uid
+        shutil.rmtree(folder, ignore_errors=True)
+        for job in self.ledger.jobs(series_uid=series.series_instance_uid, limit=1000):
+            shutil.rmtree(self.settings.results_dir / job.job_id, ignore_errors=True)
+        _remove_if_empty(folder.parent)
+        self.ledger.set_series_state(
+            series.series_instance_uid, SeriesState.PURGED, f"spool data removed: {why}"
+        )
+        logger.info("retention removed series %s (%s)", series.series_instance_uid, why)
+        return series.series_instance_uid
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        # Not empty (other series of the study) or already gone: nothing to do.
+        return

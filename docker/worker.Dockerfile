@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# A GPU worker (`pacs-ai worker`): one container per GPU, models kept warm.
+# Build from the repository root: docker build -f docker/worker.Dockerfile .
+# Needs the NVIDIA Container Toolkit on the host to see the GPU.
+FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Ubuntu 22.04 ships Python 3.11 in "universe" next to its default 3.10.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first, from the PyTorch index matching the base image's CUDA (12.6); its own
+# layer so that changing pacs-ai does not download it again.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+RUN pip install --index-url "${TORCH_INDEX_URL}" torch
+
+RUN groupadd --system --gid 10001 pacsai \
+ && useradd --system --uid 10001 --gid pacsai --home-dir /var/lib/pacs-ai --no-create-home pacsai \
+ && mkdir -p /var/lib/pacs-ai /etc/pacs-ai \
+ && chown pacsai:pacsai /var/lib/pacs-ai
+
+WORKDIR /opt/pacs-ai
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY dicom_node ./dicom_node
+COPY inference ./inference
+COPY models ./models
+COPY workers ./workers
+COPY monitor ./monitor
+COPY pacs_ai ./pacs_ai
+RUN pip install ".[tensorrt,onnx]" && pacs-ai --help > /dev/null
+
+COPY docker/config.yaml /etc/pacs-ai/config.yaml
+
+USER pacsai
+ENV PACS_AI_LOGGING__FORMAT=json
+VOLUME ["/var/lib/pacs-ai"]
+ENTRYPOINT ["pacs-ai"]
+CMD ["worker", "--config", "/etc/pacs-ai/config.yaml"]

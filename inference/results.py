@@ -1,0 +1,399 @@
+"""From a series on disk to written result files: the worker's inference step.
+
+``load_and_predict`` reads the series and runs the model; ``write_results`` writes every
+result object that the output profiles of a job's destinations ask for (see
+:mod:`core.output_profiles`): SEG (BINARY or LABELMAP, empty frames as configured,
+compressed where the destination accepts it), the TID 1500 SR referencing that SEG,
+Secondary Capture images with the outlines burned in, an Encapsulated PDF summary. An
+object several destinations need is written once. UIDs are derived from (source series,
+model id, model version, object kind and variant), so that a re-run writes the very same
+objects again and the PACS replaces rather than duplicates them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from core.output_profiles import DEFAULT_PROFILE, Compression, EmptyFrames, OutputProfile
+from inference.pipeline import ModelRunner, Prediction
+from inference.uids import result_uids
+from inference.volume import Volume, load_series
+from inference.writers import result_series_number, save_dataset
+from inference.writers.findings import SegmentFinding, segment_findings
+from inference.writers.pdf import build_encapsulated_pdf, summary_pdf
+from inference.writers.sc import build_sc_images, render_slice, window_of
+from inference.writers.seg import SegmentationType, build_seg
+from inference.writers.sr import build_classification_sr, build_sr
+from models.manifest import ModelManifest
+
+#: The transfer syntax of each compression a profile may name.
+COMPRESSION_SYNTAXES: Mapping[Compression, UID] = {
+    "rle": RLELossless,
+    "jpeg-ls": JPEGLSLossless,
+    "jpeg2000": JPEG2000Lossless,
+}
+#: Which compressions each encoding can be written in (highdicom's encoders; a BINARY
+#: SEG has one bit per pixel, which only JPEG 2000 among these takes).
+_ENCODABLE: Mapping[str, frozenset[Compression]] = {
+    "binary": frozenset({"jpeg2000"}),
+    "labelmap": frozenset({"rle", "jpeg-ls", "jpeg2000"}),
+    "sc": frozenset({"rle", "jpeg-ls", "jpeg2000"}),
+}
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One written result object."""
+
+    path: Path
+    #: ``seg``, ``sr``, ``sc`` or ``pdf``.
+    kind: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class WrittenResults:
+    #: Every file written, each once.
+    files: tuple[ResultFile, ...]
+    #: The files each profile (by the name it was given: a destination) receives.
+    deliveries: Mapping[str, tuple[ResultFile, ...]]
+    #: The SEG and SR of the first profile that has one ("" when none has).
+    seg_sop_instance_uid: str
+    sr_sop_instance_uid: str
+    #: Volume per label name, and "total" for all labels together, in mL.
+    measurements_ml: dict[str, float]
+    #: Classification models: probability per class name (empty for segmentation).
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+#: JPEG 2000 encoders (OpenJPEG) refuse frames smaller than this along both dimensions.
+_JPEG2000_MIN_SIZE = 32
+
+
+def choose_compression(
+    encoding: str, accepted: Sequence[Compression], *, rows: int, columns: int
+) -> Compression | None:
+    """The first of ``accepted`` that ``encoding`` (binary, labelmap, sc) can be written
+    in for ``rows`` x ``columns`` frames, or ``None`` (uncompressed)."""
+    small = max(rows, columns) < _JPEG2000_MIN_SIZE
+    return next(
+        (c for c in accepted if c in _ENCODABLE[encoding] and not (c == "jpeg2000" and small)),
+        None,
+    )
+
+
+def _syntax(compression: Compression | None) -> UID:
+    return ExplicitVRLittleEndian if compression is None else COMPRESSION_SYNTAXES[compression]
+
+
+def _suffix(compression: Compression | None) -> str:
+    return "" if compression is None else f".{compression}"
+
+
+def _seg_variant(encoding: SegmentationType, empty_frames: EmptyFrames) -> str:
+    """UID variant of a SEG: "" for the default (BINARY, one frame per empty segment)."""
+    if (encoding, empty_frames) == ("binary", "one-per-segment"):
+        return ""
+    return f"{encoding}-{empty_frames}"
+
+
+def load_and_predict(
+    runner: ModelRunner,
+    paths: Sequence[Path],
+    *,
+    volume: Volume | None = None,
+    before_predict: Callable[[], object] | None = None,
+) -> tuple[Volume, Prediction, dict[str, float]]:
+    """Read the series (unless ``volume`` was read ahead) and run the model.
+
+    ``before_predict`` runs between reading and inference (the worker starts reading the
+    next series there). The timings include ``decode`` (0 for a volume read ahead).
+
+    Raises:
+        InvalidInputError: the series is not a usable volume, or the model refuses it.
+    """
+    started = time.perf_counter()
+    if volume is None:
+        volume = load_series(paths)
+    decode = time.perf_counter() - started
+    if before_predict is not None:
+        before_predict()
+    prediction = runner.predict(volume)
+    return volume, prediction, {"decode": decode, **prediction.timings}
+
+
+def write_results(
+    volume: Volume,
+    prediction: Prediction,
+    manifest: ModelManifest,
+    *,
+    out_dir: Path,
+    profiles: Mapping[str, OutputProfile] | None = None,
+) -> WrittenResults:
+    """Write what ``profiles`` (name -> profile; default: one default profile) ask for.
+
+    The model's manifest (``outputs``) bounds what is written: a classification model
+    has no SEG and no Secondary Capture.
+
+    Raises:
+        InvalidInputError: (``stage="write"``) a value copied from the source does not
+            conform, or the labels do not fit the manifest.
+    """
+    chosen = dict(profiles) if profiles else {"": DEFAULT_PROFILE}
+    writer = _Writer(volume, prediction, manifest, out_dir)
+    deliveries = {name: writer.write(profile) for name, profile in chosen.items()}
+    delivered = [f for files in deliveries.values() for f in files]
+    first_seg = next((f.sop_instance_uid for f in delivered if f.kind == "seg"), "")
+    first_sr = next((f.sop_instance_uid for f in delivered if f.kind == "sr"), "")
+    return WrittenResults(
+        files=tuple(writer.written.values()),
+        deliveries=deliveries,
+        seg_sop_instance_uid=first_seg,
+        sr_sop_instance_uid=first_sr,
+        measurements_ml=writer.measurements_ml(),
+        probabilities={c.spec.name: c.probability for c in prediction.classes},
+    )
+
+
+class _Writer:
+    """Builds each result object once, whichever profiles ask for it."""
+
+    def __init__(
+        self, volume: Volume, prediction: Prediction, manifest: ModelManifest, out_dir: Path
+    ) -> None:
+        self.volume = volume
+        self.prediction = prediction
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.written: dict[Path, ResultFile] = {}
+        self._segs: dict[str, hd.seg.Segmentation] = {}
+        self._findings: tuple[SegmentFinding, ...] | None = None
+
+    @property
+    def findings(self) -> tuple[SegmentFinding, ...]:
+        if self._findings is None:
+            labels = self.prediction.labels
+            assert labels is not None  # only segmentations have findings
+            self._findings = segment_findings(self.volume, labels, self.manifest)
+        return self._findings
+
+    def measurements_ml(self) -> dict[str, float]:
+        if self.prediction.labels is None:
+            return {}
+        volumes = {f.label.name: f.volume_ml for f in self.findings}
+        volumes["total"] = float(f"{sum(volumes.values()):.6g}")
+        return volumes
+
+    def uids(self, kind: str, variant: str = "", index: int | None = None) -> tuple[str, str]:
+        uids = result_uids(
+            self.volume.series_instance_uid,
+            self.manifest.id,
+            self.manifest.version,
+            kind,
+            variant=variant,
+            index=index,
+        )
+        return str(uids.series_instance_uid), str(uids.sop_instance_uid)
+
+    def save(self, dataset: Dataset, name: str, kind: str) -> ResultFile:
+        path = self.out_dir / name
+        if path not in self.written:
+            save_dataset(dataset, path)
+            self.written[path] = ResultFile(
+                path=path,
+                kind=kind,
+                sop_instance_uid=str(dataset.SOPInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+            )
+        return self.written[path]
+
+    def once(self, name: str, build: Callable[[], Dataset], kind: str) -> ResultFile:
+        """Build and save ``name`` unless it was written already."""
+        path = self.out_dir / name
+        return self.written[path] if path in self.written else self.save(build(), name, kind)
+
+    def write(self, profile: OutputProfile) -> tuple[ResultFile, ...]:
+        outputs = self.manifest.outputs
+        files: list[ResultFile] = []
+        segmentation = self.prediction.labels is not None
+        seg: hd.seg.Segmentation | None = None
+        seg_variant = "no-seg"
+        if segmentation and outputs.seg and profile.seg != "none":
+            encoding: SegmentationType = profile.seg
+            seg_variant = _seg_variant(encoding, profile.empty_frames)
+            compression = choose_compression(
+                encoding,
+                profile.compression,
+                rows=self.volume.shape[1],
+                columns=self.volume.shape[2],
+            )
+            seg = self.seg(encoding, profile.empty_frames, seg_variant)
+            name = f"seg{'-' + seg_variant if seg_variant else ''}{_suffix(compression)}.dcm"
+            files.append(
+                self.once(
+                    name,
+                    lambda: self.build_seg(
+                        encoding, profile.empty_frames, seg_variant, compression
+                    ),
+                    "seg",
+                )
+            )
+        if outputs.sr and profile.sr:
+            if segmentation:
+                name = f"sr{'-' + seg_variant if seg_variant else ''}.dcm"
+                files.append(self.once(name, lambda: self.build_sr(seg, seg_variant), "sr"))
+            else:
+                files.append(self.once("sr.dcm", self.build_classification_sr, "sr"))
+        if segmentation and outputs.sc and profile.sc:
+            files.extend(self.sc(profile))
+        if outputs.pdf and profile.pdf:
+            files.append(self.once("pdf.dcm", self.build_pdf, "pdf"))
+        return tuple(files)
+
+    # --- SEG and SR ---------------------------------------------------------------
+
+    def seg(
+        self, encoding: SegmentationType, empty_frames: EmptyFrames, variant: str
+    ) -> hd.seg.Segmentation:
+        """The SEG of this variant, built uncompressed once (the SR needs its identity)."""
+        if variant not in self._segs:
+            self._segs[variant] = self.build_seg(encoding, empty_frames, variant, None)
+        return self._segs[variant]
+
+    def build_seg(
+        self,
+        encoding: SegmentationType,
+        empty_frames: EmptyFrames,
+        variant: str,
+        compression: Compression | None,
+    ) -> hd.seg.Segmentation:
+        if compression is None and variant in self._segs:
+            return self._segs[variant]
+        labels = self.prediction.labels
+        assert labels is not None
+        series_uid, instance_uid = self.uids("seg", variant)
+        return build_seg(
+            self.volume,
+            labels,
+            self.manifest,
+            sop_instance_uid=instance_uid,
+            series_instance_uid=series_uid,
+            series_number=result_series_number(self.manifest.id, "seg"),
+            backend=self.prediction.backend,
+            precision=self.prediction.precision,
+            segmentation_type=encoding,
+            empty_frames=empty_frames,
+            transfer_syntax_uid=_syntax(compression),
+        )
+
+    def build_sr(self, seg: hd.seg.Segmentation | None, seg_variant: str) -> Dataset:
+        labels = self.prediction.labels
+        assert labels is not None
+        series_uid, instance_uid = self.uids("sr", seg_variant)
+        return build_sr(
+            seg,
+            self.volume,
+            labels,
+            self.manifest,
+            sop_instance_uid=instance_uid,
+            series_instance_uid=series_uid,
+            series_number=result_series_number(self.manifest.id, "sr"),
+            backend=self.prediction.backend,
+            precision=self.prediction.precision,
+            findings=self.findings,
+        )
+
+    def build_classification_sr(self) -> Dataset:
+        series_uid, instance_uid = self.uids("sr")
+        return build_classification_sr(
+            self.volume,
+            self.prediction.classes,
+            self.manifest,
+            sop_instance_uid=instance_uid,
+            series_instance_uid=series_uid,
+            series_number=result_series_number(self.manifest.id, "sr"),
+            backend=self.prediction.backend,
+            precision=self.prediction.precision,
+        )
+
+    # --- Secondary Capture and PDF ------------------------------------------------
+
+    def sc(self, profile: OutputProfile) -> list[ResultFile]:
+        labels = self.prediction.labels
+        assert labels is not None
+        # Secondary Capture images are at least MIN_WIDTH across.
+        compression = choose_compression("sc", profile.compression, rows=512, columns=512)
+        folder = f"sc{_suffix(compression)}"
+        series_uid, _ = self.uids("sc")
+        images = build_sc_images(
+            self.volume,
+            labels,
+            self.findings,
+            self.manifest,
+            series_instance_uid=series_uid,
+            series_number=result_series_number(self.manifest.id, "sc"),
+            sop_instance_uid=lambda index: self.uids("sc", index=index)[1],
+            max_images=profile.sc_max_images,
+            transfer_syntax_uid=_syntax(compression),
+            skip=lambda index: (self.out_dir / folder / f"{index + 1:04d}.dcm") in self.written,
+        )
+        for index, image in images:
+            self.save(image, f"{folder}/{index + 1:04d}.dcm", "sc")
+        return [
+            self.written[self.out_dir / folder / f"{index + 1:04d}.dcm"]
+            for index in sorted(i for i, _ in images)
+        ]
+
+    def build_pdf(self) -> Dataset:
+        key_image = None
+        referenced: list[int] = []
+        findings: Sequence[SegmentFinding] = ()
+        labels = self.prediction.labels
+        if labels is not None:
+            findings = self.findings
+            largest = max(findings, key=lambda f: f.voxels)
+            if largest.key_slice is not None:
+                index = largest.key_slice.index
+                key_image = render_slice(
+                    self.volume,
+                    labels,
+                    findings,
+                    self.manifest,
+                    index=index,
+                    window=window_of(self.volume),
+                    caption=f"slice {index + 1} of {self.volume.shape[0]}",
+                ).pixels
+                referenced = [index]
+        document = summary_pdf(
+            self.volume,
+            self.manifest,
+            backend=self.prediction.backend,
+            precision=self.prediction.precision,
+            findings=findings,
+            classes=self.prediction.classes,
+            key_image=key_image,
+        )
+        series_uid, instance_uid = self.uids("pdf")
+        return build_encapsulated_pdf(
+            self.volume,
+            self.manifest,
+            document,
+            sop_instance_uid=instance_uid,
+            series_instance_uid=series_uid,
+            series_number=result_series_number(self.manifest.id, "pdf"),
+            referenced_slices=referenced,
+        )

@@ -1,0 +1,128 @@
+"""What a segmentation says, measured once and reported by the SR, the SC and the PDF.
+
+Per label (segment): voxel count and volume; where the modality is quantitative (CT, in
+Hounsfield units after the Modality LUT) the mean and maximum intensity inside it; and
+its key slice, the slice where it is largest, with the outline of its largest region
+there and that region's area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.sr.coding import Code
+
+from inference import codes
+from inference.volume import Volume
+from inference.writers import ordered_labels, segment_voxel_counts
+from inference.writers.contours import key_slice, outer_contour, polygon_area
+from models.manifest import LabelSpec, ModelManifest
+
+#: Significant digits of reported values: far finer than any segmentation is accurate,
+#: and short enough for a DS value (16 characters) whatever the magnitude.
+_DIGITS = 6
+
+
+def round_value(value: float) -> float:
+    """``value`` to the six significant digits every measurement is reported with."""
+    return float(f"{value:.{_DIGITS}g}")
+
+
+@dataclass(frozen=True)
+class KeySlice:
+    """A segment's largest cross-section: where a viewer should show it first."""
+
+    #: Index into the volume's slices (``volume.source_headers``).
+    index: int
+    #: The outline of the largest region there, closed, ``(column, row)`` pixel corners.
+    outline: npt.NDArray[np.float64]
+    #: Area inside the outline, in mm2.
+    area_mm2: float
+
+
+@dataclass(frozen=True)
+class SegmentFinding:
+    """One label of the model on one volume."""
+
+    label: LabelSpec
+    #: Segment number in the SEG (1-based, label-value order).
+    number: int
+    voxels: int
+    volume_ml: float
+    #: Mean and maximum intensity inside the segment, in :attr:`unit`; ``None`` where the
+    #: modality is not quantitative or the segment is empty.
+    mean: float | None
+    maximum: float | None
+    unit: Code | None
+    #: ``None`` when the segment is empty.
+    key_slice: KeySlice | None
+    #: Indices of the slices the segment has pixels on.
+    slices: tuple[int, ...]
+
+    @property
+    def present(self) -> bool:
+        return self.voxels > 0
+
+
+def intensity_unit(volume: Volume) -> Code | None:
+    """The unit of the volume's values when they are quantitative, else ``None``.
+
+    CT values are Hounsfield units after the Modality LUT (PS3.3 C.11.1.1.2), unless a
+    Rescale Type says otherwise; MR and other modalities have arbitrary units.
+    """
+    if volume.modality != "CT":
+        return None
+    rescale_type = str(volume.source_headers[0].get("RescaleType", "HU") or "HU")
+    return codes.HOUNSFIELD_UNIT if rescale_type.upper() == "HU" else None
+
+
+def segment_findings(
+    volume: Volume, labels: npt.NDArray[np.integer], manifest: ModelManifest
+) -> tuple[SegmentFinding, ...]:
+    """Measure every label of ``manifest`` on ``labels`` (``[z, y, x]``, on ``volume``).
+
+    Raises:
+        InvalidInputError: (``stage="write"``) the map holds undeclared values.
+    """
+    counts = segment_voxel_counts(labels, manifest)
+    unit = intensity_unit(volume)
+    voxel_ml = volume.voxel_volume_mm3 / 1000.0
+    pixel_mm2 = volume.spacing[0] * volume.spacing[1]
+    findings = []
+    for number, (label, count) in enumerate(
+        zip(ordered_labels(manifest), counts, strict=True), start=1
+    ):
+        mean = maximum = None
+        key = None
+        slices: tuple[int, ...] = ()
+        if count:
+            mask = labels == label.value
+            per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            slices = tuple(int(i) for i in np.flatnonzero(per_slice))
+            if unit is not None:
+                inside = volume.voxels[mask]
+                mean = round_value(float(inside.mean(dtype=np.float64)))
+                maximum = round_value(float(inside.max()))
+            index = key_slice(mask)
+            outline = outer_contour(mask[index])
+            key = KeySlice(
+                index=index,
+                outline=outline,
+                area_mm2=round_value(polygon_area(outline) * pixel_mm2),
+            )
+        findings.append(
+            SegmentFinding(
+                label=label,
+                number=number,
+                voxels=count,
+                volume_ml=round_value(count * voxel_ml),
+                mean=mean,
+                maximum=maximum,
+                unit=unit,
+                key_slice=key,
+                slices=slices,
+            )
+        )
+    return tuple(findings)

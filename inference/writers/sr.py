@@ -1,0 +1,476 @@
+"""Findings and measurements as a TID 1500 Measurement Report (Comprehensive 3D SR).
+
+Content (PS3.16 TID 1500), built with highdicom:
+
+* observation context: a *device* observer (TID 1004): pacs-ai running the model, with a
+  Device Observer UID derived from the model id and version;
+* an Image Library (TID 1600) listing the source images;
+* per label the model found, two measurement groups sharing its tracking identifier and
+  tracking UID (TID 4108; the SEG segment's, derived deterministically):
+
+  - a **TID 1411 Volumetric ROI** group: finding category and finding (the segment's
+    category and type), finding site (the type, for anatomical structures), the
+    Referenced Segment in the SEG with the source series, the Volume in ml (voxel count
+    x voxel volume, *sum of segmented voxels*), for CT the mean and maximum attenuation
+    in HU, and the qualitative evaluation *Present*;
+  - a **TID 1410 Planar ROI** group on the segment's key slice (where it is largest):
+    the outline of its largest region there as a closed SCOORD polyline on that source
+    image, and the area inside it in mm2.
+
+  Without a SEG (a destination whose profile has ``seg: none``) the first group is a
+  TID 1501 group instead, whose evidence is the slices the segment is on;
+* a report-level **Qualitative Evaluations** container (TID 1500 row 12) saying for every
+  label whether it was found (*Present* / *Absent*).
+
+Why two groups and no group without coordinates: viewers show an SR's measurements on
+the image they are drawn on. OHIF (3.13) merges groups that share a tracking UID, lists
+them with the outline of the planar group, and fails to load *any* measurement of a
+report in which one group has no spatial coordinates at all. So a label the model did
+not find has no measurement group (it is reported *Absent* in the qualitative
+evaluations), and there is no TID 1501 total of all segments (earlier versions wrote one;
+each volume is listed, and the sum is in the PDF). Only when nothing at all was found,
+every label keeps a TID 1411 group with 0 ml and *Absent* (TID 1500 needs a group).
+
+Classification models (:func:`build_classification_sr`) get one TID 1501 group per class
+instead: the finding, a Present/Absent qualitative evaluation at the class's threshold and
+the class Probability, referencing the source images; there is no SEG.
+
+Every group carries the TID 4019 algorithm identification: model name, version, family,
+and the inference backend and precision as one Algorithm Parameters item
+(``backend=tensorrt,precision=fp16``, the text the SEG's Algorithm Parameters carry too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+
+from core.errors import InvalidInputError
+from inference import codes
+from inference.codes import code_from_spec
+from inference.volume import Volume
+from inference.writers import (
+    MANUFACTURER,
+    STAGE,
+    algorithm_parameters,
+    device_observer_uid,
+    headers_in_frame,
+    ordered_labels,
+    processing_equipment,
+    series_description,
+    software_versions,
+    strict_writing,
+    tracking_identifier,
+    tracking_uid,
+)
+from inference.writers.findings import SegmentFinding, round_value, segment_findings
+from models.manifest import CodeSpec, ModelManifest
+
+if TYPE_CHECKING:
+    from inference.pipeline import ClassResult
+
+logger = logging.getLogger(__name__)
+
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def _is_anatomy(category: CodeSpec) -> bool:
+    return (category.scheme, category.value) == (
+        codes.ANATOMICAL_STRUCTURE.scheme_designator,
+        codes.ANATOMICAL_STRUCTURE.value,
+    )
+
+
+def _check_seg_matches(seg: hd.seg.Segmentation, manifest: ModelManifest, volume: Volume) -> None:
+    expected = [label.name for label in ordered_labels(manifest)]
+    # A LABELMAP also describes segment 0, its background (highdicom adds it).
+    found = [str(item.SegmentLabel) for item in seg.SegmentSequence if item.SegmentNumber != 0]
+    if found != expected:
+        raise ValueError(
+            f"the SEG's segments {found} are not those of model {manifest.id} "
+            f"{manifest.version} {expected}; pass the SEG built for this manifest"
+        )
+    series = {str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence}
+    if series != {volume.series_instance_uid}:
+        raise ValueError(
+            f"the SEG references series {sorted(series)}, not the volume's "
+            f"{volume.series_instance_uid}"
+        )
+
+
+def _measurements(finding: SegmentFinding) -> list[hd.sr.Measurement]:
+    """TID 1419 / TID 300 measurements of a segment: volume, and mean / max intensity."""
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.VOLUME,
+            value=finding.volume_ml,
+            unit=codes.MILLILITER,
+            method=codes.SUM_OF_SEGMENTED_VOXELS,
+        )
+    ]
+    if finding.unit is not None and finding.mean is not None and finding.maximum is not None:
+        for derivation, value in ((codes.MEAN, finding.mean), (codes.MAXIMUM, finding.maximum)):
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.ATTENUATION_COEFFICIENT,
+                    value=value,
+                    unit=finding.unit,
+                    derivation=derivation,
+                )
+            )
+    return measurements
+
+
+def _tracking(
+    volume: Volume, manifest: ModelManifest, finding: SegmentFinding
+) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(
+        uid=tracking_uid(volume.series_instance_uid, manifest, f"label-{finding.label.value}"),
+        identifier=tracking_identifier(finding.label),
+    )
+
+
+def _presence(finding: SegmentFinding) -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(
+        name=code_from_spec(finding.label.type),
+        value=codes.PRESENT if finding.present else codes.ABSENT,
+    )
+
+
+def _sites(finding: SegmentFinding) -> list[hd.sr.FindingSite] | None:
+    if not _is_anatomy(finding.label.category):
+        return None
+    return [hd.sr.FindingSite(code_from_spec(finding.label.type))]
+
+
+def _volumetric_group(
+    seg: hd.seg.Segmentation,
+    volume: Volume,
+    manifest: ModelManifest,
+    finding: SegmentFinding,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(volume, manifest, finding),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=finding.number,
+            source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
+        ),
+        finding_category=code_from_spec(finding.label.category),
+        finding_type=code_from_spec(finding.label.type),
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+        measurements=_measurements(finding),
+        qualitative_evaluations=[_presence(finding)],
+    )
+
+
+def _image_group(
+    volume: Volume,
+    manifest: ModelManifest,
+    finding: SegmentFinding,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for a destination without the SEG: the slices the segment is on."""
+    headers = volume.source_headers
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(volume, manifest, finding),
+        finding_category=code_from_spec(finding.label.category),
+        finding_type=code_from_spec(finding.label.type),
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+        measurements=_measurements(finding),
+        qualitative_evaluations=[_presence(finding)],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[index])
+            for index in finding.slices
+        ]
+        or None,
+    )
+
+
+def _planar_group(
+    volume: Volume,
+    manifest: ModelManifest,
+    finding: SegmentFinding,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    key = finding.key_slice
+    if key is None:
+        return None
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(volume, manifest, finding),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=key.outline,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(
+                volume.source_headers[key.index]
+            ),
+        ),
+        finding_category=code_from_spec(finding.label.category),
+        finding_type=code_from_spec(finding.label.type),
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=codes.AREA, value=key.area_mm2, unit=codes.SQUARE_MILLIMETER)
+        ],
+    )
+
+
+def _qualitative_evaluations(findings: Sequence[SegmentFinding]) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 12-13: whether each label was found, for the report as a whole."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=code_from_spec(finding.label.type),
+                value=codes.PRESENT if finding.present else codes.ABSENT,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for finding in findings
+        ]
+    )
+    return container
+
+
+def build_sr(
+    seg: hd.seg.Segmentation | None,
+    volume: Volume,
+    labels: npt.NDArray[np.integer],
+    manifest: ModelManifest,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series_number: int,
+    backend: str,
+    precision: str,
+    instance_number: int = 1,
+    device_serial_number: str | None = None,
+    findings: Sequence[SegmentFinding] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 Measurement Report of a segmentation.
+
+    ``seg`` must be the SEG :func:`inference.writers.seg.build_seg` made from the same
+    ``volume``, ``labels`` and ``manifest`` (BINARY or LABELMAP), or ``None`` for a
+    report without one. ``findings`` (:func:`segment_findings`) are computed from
+    ``labels`` when not given. Implements PS3.3 A.35.13 (Comprehensive 3D SR IOD) with
+    PS3.16 TID 1500 / 1411 / 1410 / 1501 / 1600 / 300 / 4019 / 4108 / 1004.
+
+    Raises:
+        InvalidInputError: (``stage="write"``) the label map holds undeclared values, or
+            a value copied from the source does not conform (writing validation RAISE).
+        ValueError: ``seg`` was not built for this manifest and volume.
+    """
+    if seg is not None:
+        _check_seg_matches(seg, manifest, volume)
+    if findings is None:
+        findings = segment_findings(volume, labels, manifest)
+    serial = device_serial_number or str(device_observer_uid(manifest))
+    found = [finding for finding in findings if finding.present]
+    with strict_writing():
+        algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
+        groups: list[_Group] = []
+        for finding in found or findings:
+            if seg is not None:
+                groups.append(_volumetric_group(seg, volume, manifest, finding, algorithm))
+            else:
+                groups.append(_image_group(volume, manifest, finding, algorithm))
+            planar = _planar_group(volume, manifest, finding, algorithm)
+            if planar is not None:
+                groups.append(planar)
+        report = _measurement_report(groups, volume, observer)
+        report.ContentSequence.append(_qualitative_evaluations(findings))
+        sr = _document(
+            report,
+            [*volume.source_headers, *([seg] if seg is not None else [])],
+            manifest,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            serial=serial,
+        )
+    logger.info(
+        "SR %s: %d of %d label(s) found, %s",
+        sop_instance_uid,
+        len(found),
+        len(findings),
+        ", ".join(f"{f.label.name} {f.volume_ml:.1f} ml" for f in found) or "none",
+    )
+    return sr
+
+
+def _class_group(
+    result: ClassResult,
+    volume: Volume,
+    manifest: ModelManifest,
+    *,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    finding = code_from_spec(result.spec.code)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(volume.series_instance_uid, manifest, f"class-{result.spec.index}"),
+            identifier=result.spec.name[:64],
+        ),
+        finding_type=finding,
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=finding, value=codes.PRESENT if result.present else codes.ABSENT
+            )
+        ],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.PROBABILITY,
+                value=round_value(result.probability),
+                unit=codes.NO_UNITS,
+                algorithm_id=algorithm,
+            )
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(header)
+            for header in volume.source_headers
+        ]
+        or None,
+    )
+
+
+def build_classification_sr(
+    volume: Volume,
+    classes: Sequence[ClassResult],
+    manifest: ModelManifest,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series_number: int,
+    backend: str,
+    precision: str,
+    instance_number: int = 1,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 Measurement Report of a classification model's findings.
+
+    One TID 1501 Measurement Group per class: tracking identifier and UID, the finding
+    (the class's code), a qualitative evaluation of it (Present / Absent, CID 240/241,
+    at the class's threshold), its Probability (DCM 122157, unit "1") and the TID 4019
+    algorithm identification with backend and precision; the source images are the
+    group's evidence. PS3.3 A.35.13, PS3.16 TID 1500 / 1501 / 4019 / 1004.
+
+    Raises:
+        InvalidInputError: (``stage="write"``) a value copied from the source does not
+            conform (writing validation RAISE).
+    """
+    serial = str(device_observer_uid(manifest))
+    with strict_writing():
+        algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
+        groups = [_class_group(result, volume, manifest, algorithm=algorithm) for result in classes]
+        sr = _document(
+            _measurement_report(groups, volume, observer),
+            list(volume.source_headers),
+            manifest,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            serial=serial,
+        )
+    logger.info(
+        "SR %s: %s",
+        sop_instance_uid,
+        ", ".join(f"{r.spec.name} {r.probability:.3f}" for r in classes),
+    )
+    return sr
+
+
+def _measurement_report(
+    groups: Sequence[_Group], volume: Volume, observer: hd.sr.ObserverContext
+) -> Dataset:
+    """The TID 1500 root container over ``groups``, observed by the model's device."""
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.IMAGING_PROCEDURE,
+        imaging_measurements=groups,
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+        referenced_images=headers_in_frame(volume),
+    )
+    root: Dataset = report[0]
+    return root
+
+
+def _document(
+    report: Dataset,
+    evidence: Sequence[Dataset],
+    manifest: ModelManifest,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    serial: str,
+) -> hd.sr.Comprehensive3DSR:
+    """``report`` as a Comprehensive 3D SR with pacs-ai's identification (IHE AIR).
+
+    Raises:
+        InvalidInputError: a value copied from the source does not conform.
+    """
+    try:
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=series_description(manifest, "findings"),
+            manufacturer_model_name=manifest.name,
+            software_versions=list(software_versions(manifest)),
+            device_serial_number=serial,
+            contributing_equipment=[processing_equipment(manifest)],
+        )
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot encode the report: {exc}", stage=STAGE) from exc
+
+
+def _algorithm_and_observer(
+    manifest: ModelManifest, backend: str, precision: str, serial: str
+) -> tuple[hd.sr.AlgorithmIdentification, hd.sr.ObserverContext]:
+    """TID 4019 algorithm identification and the device observer (TID 1004) of a model."""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=manifest.name,
+        version=manifest.version,
+        # One item, not two: dcmqi's reader keeps only the first Algorithm Parameters.
+        parameters=[algorithm_parameters(backend, precision)],
+        family=code_from_spec(manifest.family),
+        manufacturer=MANUFACTURER,
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=pydicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(manifest),
+            name=manifest.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=manifest.id,
+            serial_number=serial,
+        ),
+    )
+    return algorithm, observer

@@ -1,0 +1,406 @@
+"""The model package manifest (``model.yaml``): what a model is, accepts and produces.
+
+A model package is a folder with ``model.yaml`` and, for learned models, a weights file.
+The manifest is validated once, when the package is loaded; every problem is reported
+at once with the key it is about (see :func:`models.registry.load_package`).
+
+Schema versions: ``1`` is the first; ``2`` added target shapes, foreground cropping,
+channel layout, Gaussian/constant blending parameters, padding to a multiple, largest
+component, resampling back, classification classes and per-backend options. Every key
+added in 2 has a default, so a version-1 manifest reads unchanged.
+
+Axis order. Volumes are ``[z, y, x]`` arrays in the orientation the manifest names (see
+:mod:`inference.transforms`): the code's letters name, for x, y and z, the patient
+direction each index increases towards. The network's tensor has the spatial axes in
+that array order, ``[N, C, z, y, x]``; ``target_shape``, ``roi_size`` and ``max_shape``
+are therefore given in array order (first to last spatial axis of the tensor), while
+``target_spacing`` is in mm as (x, y, z) like DICOM's Pixel Spacing / slice step.
+A network trained on NIfTI arrays as nibabel returns them (``[i, j, k]``, RAS) sees the
+patient's R, A, S along its first, second and third axis: that is orientation ``SAR``
+here (``pacs-ai models import-bundle`` translates MONAI's ``axcodes`` this way).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Version of the manifest schema this code reads.
+MANIFEST_SCHEMA_VERSION: Literal[2] = 2
+
+_ID_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_ORIENTATION_RE = re.compile(
+    r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$|^[PA][SI][LR]$|^[SI][LR][PA]$|^[SI][PA][LR]$"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeSpec(_Strict):
+    """A coded concept: (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
+
+    value: Annotated[str, Field(min_length=1, max_length=64)]
+    scheme: Annotated[str, Field(min_length=1, max_length=16)]
+    meaning: Annotated[str, Field(min_length=1, max_length=64)]
+
+    @field_validator("scheme")
+    @classmethod
+    def _no_retired_srt(cls, scheme: str) -> str:
+        if scheme == "SRT":
+            raise ValueError(
+                "coding scheme 'SRT' is retired; use 'SCT' with the SNOMED CT concept id"
+            )
+        return scheme
+
+
+class LabelSpec(_Strict):
+    """One output label of a segmentation model, becoming one SEG segment."""
+
+    value: Annotated[int, Field(ge=1, le=65535)]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    category: CodeSpec
+    type: CodeSpec
+    color: tuple[int, int, int] = (128, 174, 128)
+    #: Tracking identifier prefix used in the SR; defaults to the label name.
+    tracking_id: str | None = None
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, color: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in color):
+            raise ValueError("color must be three integers between 0 and 255 (RGB)")
+        return color
+
+
+class AcceptsSpec(_Strict):
+    """What input a model accepts; a series outside this is refused before inference."""
+
+    modalities: Annotated[list[str], Field(min_length=1)]
+    #: Body Part Examined (0018,0015) values accepted; empty accepts any (and none).
+    body_parts: list[str] = []
+    min_slices: Annotated[int, Field(ge=1)] = 1
+    #: ``3``: the network sees the volume; ``2``: it sees one slice at a time, ``[N, C, y, x]``.
+    dims: Literal[2, 3] = 3
+
+
+class IntensitySpec(_Strict):
+    """Intensity scaling applied after orientation and resampling."""
+
+    kind: Literal["none", "window", "percentile", "zscore", "max"] = "none"
+    #: ``window``: [lower, upper] in modality units, mapped to [0, 1] and clipped.
+    window: tuple[float, float] | None = None
+    #: ``percentile``: [low, high] percentiles (0-100) mapped to [0, 1] and clipped;
+    #: computed exactly over every voxel (linear interpolation, as numpy's default).
+    percentiles: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _params_match_kind(self) -> IntensitySpec:
+        if self.kind == "window" and self.window is None:
+            raise ValueError("kind 'window' needs 'window: [lower, upper]'")
+        if self.kind == "window" and self.window is not None and self.window[1] <= self.window[0]:
+            raise ValueError(
+                f"window {list(self.window)} must be [lower, upper] with lower < upper"
+            )
+        if self.kind == "percentile" and self.percentiles is None:
+            raise ValueError("kind 'percentile' needs 'percentiles: [low, high]'")
+        if self.percentiles is not None and not (
+            0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0
+        ):
+            raise ValueError(
+                f"percentiles {list(self.percentiles)} must satisfy 0 <= low < high <= 100"
+            )
+        return self
+
+
+class CropForegroundSpec(_Strict):
+    """Crop the scaled volume to the bounding box of its foreground, plus a margin.
+
+    The network then sees only the box; its output outside the box is background.
+    """
+
+    #: Voxels whose *scaled* intensity is above this are foreground.
+    threshold: float = 0.0
+    #: Voxels added on every side of the box (clipped to the volume).
+    margin: Annotated[int, Field(ge=0)] = 0
+
+
+class PreprocessingSpec(_Strict):
+    """How the volume is brought to the network's expectations, in this order:
+    orientation, resampling (``target_spacing`` or ``target_shape``), intensity scaling,
+    foreground crop, channel layout."""
+
+    #: Axis codes of the array the network sees, x then y then z, in the ITK/NIfTI
+    #: convention: ``LPS`` means columns run to the patient's Left, rows to Posterior,
+    #: slices to Superior (DICOM patient coordinates).
+    orientation: str = "LPS"
+    #: Target voxel spacing in mm (x, y, z); ``null`` keeps the source spacing.
+    target_spacing: tuple[float, float, float] | None = None
+    #: Resize to this shape (array order), whatever the spacing ("resized to 128³").
+    target_shape: tuple[int, int, int] | None = None
+    #: Interpolation of the image when resampling.
+    interpolation: Literal["linear", "nearest"] = "linear"
+    intensity: IntensitySpec = IntensitySpec()
+    crop_foreground: CropForegroundSpec | None = None
+    #: ``channels_first``: ``[N, C, z, y, x]``; ``channels_last``: ``[N, z, y, x, C]``
+    #: (TensorFlow/Keras exports).
+    channel_layout: Literal["channels_first", "channels_last"] = "channels_first"
+
+    @field_validator("orientation")
+    @classmethod
+    def _axis_codes(cls, code: str) -> str:
+        if not _ORIENTATION_RE.match(code):
+            raise ValueError(
+                f"orientation {code!r} is not three distinct axis codes from L/R, P/A, S/I "
+                "(for example 'LPS' or 'RAS')"
+            )
+        return code
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _positive_spacing(
+        cls, spacing: tuple[float, float, float] | None
+    ) -> tuple[float, float, float] | None:
+        if spacing is not None and any(not v > 0 for v in spacing):
+            raise ValueError(f"target_spacing {list(spacing)} must be positive (mm)")
+        return spacing
+
+    @field_validator("target_shape")
+    @classmethod
+    def _positive_shape(cls, shape: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if shape is not None and any(v < 1 for v in shape):
+            raise ValueError(f"target_shape {list(shape)} must be positive")
+        return shape
+
+    @model_validator(mode="after")
+    def _one_resampling(self) -> PreprocessingSpec:
+        if self.target_spacing is not None and self.target_shape is not None:
+            raise ValueError("give target_spacing or target_shape, not both")
+        return self
+
+
+class WholeVolumeSpec(_Strict):
+    """The network sees the whole (preprocessed) volume at once."""
+
+    mode: Literal["whole_volume"] = "whole_volume"
+    #: Pad each spatial size up to a multiple of this (U-Nets with k poolings need 2^k);
+    #: the padding is cut off the output again.
+    pad_to_multiple: Annotated[int, Field(ge=1)] = 1
+    #: Largest input the network is built for (array order): the TensorRT optimisation
+    #: profile's maximum for networks with dynamic shapes. Larger inputs are refused.
+    max_shape: tuple[int, ...] | None = None
+
+
+class SlidingWindowSpec(_Strict):
+    """Windows of ``roi_size`` at ``overlap``, batched, blended (MONAI's algorithm)."""
+
+    mode: Literal["sliding_window"]
+    #: Window size in array order (2 values for 2D models, 3 for 3D).
+    roi_size: tuple[int, ...]
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    #: ``gaussian``: windows weigh their centre more; ``constant``: plain average.
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    #: Gaussian sigma as a fraction of the window size.
+    sigma_scale: Annotated[float, Field(gt=0.0)] = 0.125
+    #: Windows per network call.
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    #: Value the volume is padded with where it is smaller than a window.
+    pad_value: float = 0.0
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi(cls, roi: tuple[int, ...]) -> tuple[int, ...]:
+        if len(roi) not in (2, 3) or any(v < 1 for v in roi):
+            raise ValueError(f"roi_size {list(roi)} must be 2 or 3 positive sizes")
+        return roi
+
+
+class WeightsFile(_Strict):
+    """A weights file (relative to the package folder, absolute, or with ``$VARIABLES``)."""
+
+    path: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class NetworkSpec(_Strict):
+    """Where the network comes from and what its tensors are called."""
+
+    #: ``python``: ``entry`` names a factory ``module:function`` returning a torch module;
+    #: ``onnx`` / ``torchscript``: ``path`` is a weights file (relative to the package
+    #: folder, absolute, or starting with an environment variable such as
+    #: ``$PACS_AI_SHARED_DATA``) with its ``sha256``.
+    kind: Literal["python", "onnx", "torchscript"]
+    entry: str | None = None
+    path: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    #: An ONNX export of the same network (for ``kind`` python / torchscript), so that
+    #: the onnxruntime and tensorrt backends can run it too.
+    onnx: WeightsFile | None = None
+    #: Name of the image input tensor, shape [N, 1, z, y, x] (see ``channel_layout``).
+    input_name: str = "image"
+    #: Optional input carrying the voxel spacing (x, y, z) in mm as a float32 [3] tensor.
+    spacing_input_name: str | None = None
+    output_name: str = "output"
+    #: ``labels``: the network returns an integer label map [1, 1, z, y, x];
+    #: ``logits``/``probabilities``: [N, C, z, y, x] (segmentation) or [N, C]
+    #: (classification), reduced by the postprocessing.
+    output_kind: Literal["labels", "logits", "probabilities"] = "logits"
+
+    @model_validator(mode="after")
+    def _source_given(self) -> NetworkSpec:
+        if self.kind == "python" and not self.entry:
+            raise ValueError("kind 'python' needs 'entry: package.module:factory'")
+        if self.kind != "python" and not self.path:
+            raise ValueError(f"kind {self.kind!r} needs 'path' to the weights file")
+        if self.entry is not None and ":" not in self.entry:
+            raise ValueError(f"entry {self.entry!r} must look like 'package.module:factory'")
+        if self.kind == "onnx" and self.onnx is not None:
+            raise ValueError("kind 'onnx' has its ONNX file in 'path'; drop 'onnx'")
+        return self
+
+
+class BackendSpec(_Strict):
+    """One backend to try, in the manifest's order of preference."""
+
+    name: Literal["tensorrt", "onnxruntime", "torch"]
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    #: torch only: run the module through ``torch.compile`` (compiled at warm-up).
+    compile: bool = False
+    #: onnxruntime only: execution providers in order (default: tensorrt and cuda before
+    #: cpu on a GPU, cpu alone otherwise).
+    execution_providers: list[Literal["tensorrt", "cuda", "cpu"]] | None = None
+    #: tensorrt only: capture fixed-shape window batches in a CUDA graph.
+    cuda_graph: bool = True
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> BackendSpec:
+        if self.compile and self.name != "torch":
+            raise ValueError(f"'compile' is an option of the torch backend, not {self.name}")
+        if self.execution_providers is not None and self.name != "onnxruntime":
+            raise ValueError("'execution_providers' is an option of the onnxruntime backend")
+        if self.name == "tensorrt" and self.precision == "bf16":
+            raise ValueError("tensorrt runs fp32 or fp16 (FP16 is written into the ONNX graph)")
+        return self
+
+
+class PostprocessingSpec(_Strict):
+    #: ``argmax`` over channels, ``threshold`` of the probability of one channel.
+    reduce: Literal["none", "argmax", "threshold"] = "none"
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    #: Probabilities from logits: ``auto`` is softmax for several channels, sigmoid for one.
+    activation: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
+    #: Keep only the largest connected component (face connectivity) of each label.
+    largest_component: bool = False
+    #: How the result goes back to the source grid after resampling: ``linear`` resamples
+    #: the probabilities and reduces afterwards, ``nearest`` reduces first.
+    resample_back: Literal["linear", "nearest"] = "linear"
+
+
+class OutputsSpec(_Strict):
+    """Which result objects the model may produce at all; each destination's output
+    profile (``destinations.<name>.outputs``) then picks among them."""
+
+    seg: bool = True
+    sr: bool = True
+    #: Secondary Capture images with the outlines burned in (segmentation models).
+    sc: bool = True
+    #: The Encapsulated PDF summary.
+    pdf: bool = True
+
+
+class ClassSpec(_Strict):
+    """One class of a classification model: a finding reported with its probability."""
+
+    #: Index of the class in the network's output ``[N, C]``.
+    index: Annotated[int, Field(ge=0)]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: The finding, e.g. ``{value: "233604007", scheme: SCT, meaning: Pneumonia}``.
+    code: CodeSpec
+    #: The finding is reported *present* at or above this probability.
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+
+class ModelManifest(_Strict):
+    """The validated content of ``model.yaml``."""
+
+    schema_version: Literal[1, 2] = MANIFEST_SCHEMA_VERSION
+    id: Annotated[str, Field(pattern=_ID_RE)]
+    version: Annotated[str, Field(min_length=1, max_length=16)]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str = ""
+    task: Literal["segmentation", "classification"]
+    #: Algorithm family (PS3.16 CID 7162), written into the SEG's algorithm identification.
+    family: CodeSpec
+    accepts: AcceptsSpec
+    preprocessing: PreprocessingSpec = PreprocessingSpec()
+    inference: Annotated[WholeVolumeSpec | SlidingWindowSpec, Field(discriminator="mode")] = (
+        WholeVolumeSpec()
+    )
+    network: NetworkSpec
+    backends: Annotated[list[BackendSpec], Field(min_length=1)]
+    postprocessing: PostprocessingSpec = PostprocessingSpec()
+    labels: list[LabelSpec] = []
+    classes: list[ClassSpec] = []
+    outputs: OutputsSpec = OutputsSpec()
+
+    @model_validator(mode="after")
+    def _labels_fit_task(self) -> ModelManifest:
+        problems: list[str] = []
+        if self.task == "segmentation":
+            if not self.labels:
+                problems.append("a segmentation model needs at least one entry in 'labels'")
+            if self.classes:
+                problems.append("'classes' belong to classification models; use 'labels'")
+        else:
+            if not self.classes:
+                problems.append("a classification model needs at least one entry in 'classes'")
+            if self.labels:
+                problems.append("'labels' belong to segmentation models; use 'classes'")
+            if self.outputs.seg:
+                problems.append("a classification model has no SEG: set 'outputs: {seg: false}'")
+            if self.network.output_kind == "labels":
+                problems.append("a classification network outputs logits or probabilities")
+            if self.inference.mode != "whole_volume":
+                problems.append("a classification model sees the whole volume")
+        values = [label.value for label in self.labels]
+        if len(values) != len(set(values)):
+            problems.append(f"label values must be unique, got {values}")
+        indices = [c.index for c in self.classes]
+        if len(indices) != len(set(indices)):
+            problems.append(f"class indices must be unique, got {indices}")
+        problems.extend(self._dims_problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _dims_problems(self) -> list[str]:
+        problems = []
+        inference = self.inference
+        if (
+            isinstance(inference, SlidingWindowSpec)
+            and len(inference.roi_size) != self.accepts.dims
+        ):
+            problems.append(
+                f"inference.roi_size has {len(inference.roi_size)} sizes for a "
+                f"{self.accepts.dims}D model"
+            )
+        if self.accepts.dims == 2:
+            pre = self.preprocessing
+            if pre.target_spacing or pre.target_shape or pre.crop_foreground:
+                problems.append(
+                    "2D models take slices as they are: resampling and foreground crop are "
+                    "for 3D models"
+                )
+        return problems
+
+    @property
+    def onnx_file(self) -> WeightsFile | None:
+        """The ONNX file of the network, whatever its kind (``None`` when there is none)."""
+        network = self.network
+        if network.kind == "onnx":
+            assert network.path is not None  # guaranteed by the schema
+            return WeightsFile(path=network.path, sha256=network.sha256)
+        return network.onnx

@@ -1,0 +1,196 @@
+"""What an admin may do to a job from the dashboard, each audit-logged in the ledger.
+
+* **retry** a FAILED (or discarded) job: back to READY with its attempts reset; the node
+  queues it again at its next round, and the results replace the earlier ones (their UIDs
+  are derived from the job's inputs).
+* **re-send** a job's results: its DEAD and REJECTED outbox items go back to PENDING and
+  the job to DELIVERING (``pacs-ai resend`` performs this same action, audited as ``cli:``).
+* **discard** a job that failed or has not started to run (READY, QUEUED, RETRYING): one
+  not yet run ends FAILED with the reason "discarded by <who>: <why>"; a FAILED one keeps
+  its failure reason and gets the discard as a note. Either is shown as DISCARDED. A
+  message still in the broker is ignored by the worker (the job is finished). Its data
+  stays in the spool (retention keeps series with a FAILED job until removed by hand).
+
+Every attempt is written to ``audit_log``: who, which action, which job, when, from
+where, and whether it was done (``ok``), impossible in the job's state (``refused``) or
+not allowed to the user's role (``denied``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from core.jobs import JobState
+from core.ledger import InvalidTransitionError, Ledger
+from core.ledger_schema import audit_table, job_discards_table
+from core.outbox import Outbox
+from monitor.auth import Principal
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("retry", "resend", "discard")
+#: States a job may be discarded from: failed, or not yet running.
+DISCARDABLE = frozenset({JobState.FAILED, JobState.READY, JobState.QUEUED, JobState.RETRYING})
+
+
+class ActionRefusedError(Exception):
+    """The action is not possible for this job now (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: str
+    job_id: str
+    message: str
+
+
+class JobActions:
+    def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self._engine = ledger.engine
+        self._clock = clock
+
+    def perform(
+        self,
+        action: str,
+        job_id: str,
+        principal: Principal,
+        *,
+        reason: str = "",
+        remote: str | None = None,
+    ) -> ActionResult:
+        """Do ``action`` on ``job_id`` for ``principal`` and audit it.
+
+        Raises:
+            PermissionError: the principal is not an admin (audited as ``denied``).
+            UnknownJobError: no such job.
+            ActionRefusedError: not possible in the job's state (audited as ``refused``).
+        """
+        if action not in ACTIONS:
+            raise ActionRefusedError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        if not principal.is_admin:
+            self.audit(
+                principal, action, job_id, "denied", detail={"reason": reason}, remote=remote
+            )
+            raise PermissionError(f"{action} needs the admin role; {principal.name} is read-only")
+        self.ledger.get_job(job_id)  # UnknownJobError
+        try:
+            if action == "retry":
+                message = self._retry(job_id, principal)
+            elif action == "resend":
+                message = self._resend(job_id, principal)
+            else:
+                message = self._discard(job_id, principal, reason)
+        except ActionRefusedError as exc:
+            detail = {"why": str(exc), "reason": reason}
+            self.audit(principal, action, job_id, "refused", detail=detail, remote=remote)
+            raise
+        detail = {"result": message, "reason": reason}
+        self.audit(principal, action, job_id, "ok", detail=detail, remote=remote)
+        logger.info("%s by %s on job %s: %s", action, principal.name, job_id, message)
+        return ActionResult(action, job_id, message)
+
+    def audit(
+        self,
+        principal: Principal,
+        action: str,
+        job_id: str | None,
+        outcome: str,
+        *,
+        detail: dict[str, Any] | None = None,
+        remote: str | None = None,
+    ) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(audit_table).values(
+                    at=self._clock(),
+                    actor=principal.name,
+                    role=principal.role,
+                    action=action,
+                    job_id=job_id,
+                    outcome=outcome,
+                    detail=json.dumps({k: v for k, v in (detail or {}).items() if v}) or None,
+                    remote=remote,
+                )
+            )
+
+    def _retry(self, job_id: str, principal: Principal) -> str:
+        try:
+            self.ledger.transition(
+                job_id,
+                JobState.READY,
+                event_reason=f"retried by {principal.name}",
+                detail={"by": principal.name},
+                expected={JobState.FAILED},
+                reset_attempts=True,
+            )
+        except InvalidTransitionError as exc:
+            raise ActionRefusedError(f"only a FAILED job can be retried: {exc}") from exc
+        return "back to READY: the node queues it again"
+
+    def _resend(self, job_id: str, principal: Principal) -> str:
+        job = self.ledger.get_job(job_id)
+        outbox = Outbox(self.ledger)
+        if not outbox.items(job_id=job_id):
+            raise ActionRefusedError(
+                f"the job ({job.state}) has no results in the outbox: it did not get as far "
+                "as delivery"
+            )
+        if job.state not in (JobState.FAILED, JobState.DONE):
+            raise ActionRefusedError(f"the job is {job.state}: re-send once it has ended")
+        again = outbox.resend(job_id=job_id)
+        if again == 0:
+            raise ActionRefusedError("nothing to re-send: every result was accepted")
+        try:
+            self.ledger.transition(
+                job_id,
+                JobState.DELIVERING,
+                reason=f"re-send requested by {principal.name}",
+                detail={"by": principal.name},
+            )
+        except InvalidTransitionError as exc:  # changed meanwhile
+            raise ActionRefusedError(str(exc)) from exc
+        return f"{again} result(s) queued for delivery again"
+
+    def _discard(self, job_id: str, principal: Principal, reason: str) -> str:
+        why = " ".join(reason.split())
+        if not why:
+            raise ActionRefusedError("say why the job is discarded (the reason is recorded)")
+        text = f"discarded by {principal.name}: {why}"
+        detail = {"discarded_by": principal.name}
+        job = self.ledger.get_job(job_id)
+        if job.state == JobState.FAILED:
+            self.ledger.note(job_id, text, detail)
+        else:
+            try:
+                self.ledger.transition(
+                    job_id, JobState.FAILED, reason=text, detail=detail, expected=DISCARDABLE
+                )
+            except InvalidTransitionError as exc:
+                raise ActionRefusedError(
+                    f"a {job.state} job cannot be discarded; wait until it has ended"
+                ) from exc
+        # Taken after the job's own event: the dashboard shows a job DISCARDED while its
+        # discard is its newest change.
+        now = self._clock()
+        with self._engine.begin() as conn:
+            existing = conn.execute(
+                select(job_discards_table.c.job_id).where(job_discards_table.c.job_id == job_id)
+            ).first()
+            values = {"at": now, "actor": principal.name, "reason": why}
+            if existing is None:
+                conn.execute(insert(job_discards_table).values(job_id=job_id, **values))
+            else:
+                conn.execute(
+                    update(job_discards_table)
+                    .where(job_discards_table.c.job_id == job_id)
+                    .values(**values)
+                )
+        return "discarded"

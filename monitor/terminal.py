@@ -1,0 +1,141 @@
+"""``pacs-ai status``: the dashboard at a glance in a terminal, or as JSON for scripts.
+
+It reads the same ledger and broker as the dashboard (so it works on any machine that
+reaches them) and uses the same stage definitions (:mod:`monitor.timeline`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from core.ledger import Ledger
+from core.queue import BrokerInspector, make_celery
+from core.settings import Settings
+from monitor import api
+from monitor.charts import Bucket
+from monitor.health import readiness
+from monitor.html import seconds
+from monitor.readings import DISPLAY_STATES, JobView, Readings
+from monitor.timeline import STAGES
+
+
+def status_data(settings: Settings, *, limit: int, states: list[str] | None) -> dict[str, Any]:
+    """Everything ``status --json`` prints (job identifiers included: the caller can read
+    the ledger anyway)."""
+    ledger = Ledger(settings.resolved_ledger_url)
+    app = make_celery(settings)
+    try:
+        ledger.create_schema()
+        readings = Readings(settings, ledger, inspector=BrokerInspector(app, socket_timeout=3.0))
+        now = readings.now()
+        hours = settings.monitor.chart_hours
+        checks = readiness(readings)
+        finished = readings.finished_since(now - hours * 3600)
+        turnarounds = tuple(f.turnaround for f in finished if f.turnaround is not None)
+        window = Bucket(now - hours * 3600, 0, 0, turnarounds)
+        counts: dict[str, int] = dict.fromkeys(DISPLAY_STATES, 0)
+        for (state, _model), count in readings.job_counts().items():
+            counts[state] = counts.get(state, 0) + count
+        jobs = readings.jobs(limit=limit, states=states)
+        return {
+            "generated_at": now,
+            "node": settings.node.ae_title,
+            "ready": all(c.ok for c in checks),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+            "counts": counts,
+            "window": {
+                "hours": hours,
+                "done": sum(1 for f in finished if f.state == "DONE"),
+                "failed": sum(1 for f in finished if f.state != "DONE"),
+                "turnaround_median": window.median,
+                "turnaround_p90": window.p90,
+            },
+            **api.queues_json(readings.queues()),
+            "workers": api.workers_json(readings.workers()),
+            "destinations": api.destinations_json(readings.destinations(), identifiers=True),
+            "jobs": [_job(job) for job in jobs],
+        }
+    finally:
+        app.close()
+        ledger.close()
+
+
+def _job(job: JobView) -> dict[str, Any]:
+    data = api.job_json(job, identifiers=True)
+    data.pop("accession_number", None)
+    return data
+
+
+def render_text(data: dict[str, Any]) -> str:
+    """The same at a glance, for a terminal (about 120 columns)."""
+    lines: list[str] = []
+    now = float(data["generated_at"])
+    ready = "ready" if data["ready"] else "NOT READY"
+    lines.append(f"pacs-ai {data['node']}  {_clock(now)}  {ready}")
+    lines.extend(f"  ! {c['name']}: {c['detail']}" for c in data["checks"] if not c["ok"])
+    counts = data["counts"]
+    shown = "  ".join(f"{s} {counts[s]}" for s in counts if counts[s])
+    lines.append(f"jobs  {shown or 'none yet'}")
+    window = data["window"]
+    lines.append(
+        f"last {window['hours']:g} h: {window['done']} done, {window['failed']} failed; "
+        f"turnaround median {seconds(window['turnaround_median']) or '-'}, "
+        f"90th percentile {seconds(window['turnaround_p90']) or '-'}"
+    )
+    lines.append("")
+    lines.append("queues" + (f"  (broker: {data['error']})" if data["error"] else ""))
+    for q in data["queues"]:
+        taken = data["unacked"].get(q["queue"], 0)
+        lines.append(
+            f"  {q['queue']:32} priority {q['priority']}  waiting {q['depth']:4}  oldest "
+            f"{seconds(q['oldest_age_seconds']) or '-':>9}  taken by workers {taken}"
+        )
+    if not data["queues"]:
+        lines.append("  (none)")
+    lines.append("workers")
+    for w in data["workers"]:
+        state = "alive" if w["alive"] else "SILENT"
+        device = w["gpu_name"] or w["device"]
+        if w["gpu_memory_total"]:
+            used, total = w["gpu_memory_used"] or 0, w["gpu_memory_total"]
+            device += f" {used / 2**30:.1f}/{total / 2**30:.1f} GiB"
+        doing = f"running {w['current_job'][:8]}" if w["current_job"] else "idle"
+        lines.append(
+            f"  {w['name']:36} {state} {seconds(now - w['heartbeat_at'])} ago  {device}  "
+            f"{','.join(w['models'])}  {doing}  jobs done {w['jobs_done']}"
+        )
+    if not data["workers"]:
+        lines.append("  (none in the last hour)")
+    lines.append("destinations")
+    for d in data["destinations"]:
+        last = _clock(d["last_success_at"]) if d["last_success_at"] else "-"
+        error = ""
+        if d["last_error"]:
+            error = f"  last error {_clock(d['last_error_at'])}: {d['last_error']}"
+        lines.append(
+            f"  {d['name']:12} {d['address']:32} backlog {d['backlog']}  dead {d['dead']}  "
+            f"rejected {d['rejected']}  last success {last}{error}"
+        )
+    if not data["destinations"]:
+        lines.append("  (none)")
+    lines.append("")
+    header = f"{'job':8} {'state':10} {'route':14} {'model':12} " + " ".join(
+        f"{s:>8}" for s in (*STAGES, "total")
+    )
+    lines.append(header + "  reason")
+    for job in data["jobs"]:
+        durations = job["durations"]
+        cells = [seconds(durations[s]) or "-" for s in STAGES]
+        cells.append(seconds(job["turnaround"]) or "-")
+        name = f"{job['job_id'][:8]} {job['state']:10} {job['route'][:14]:14} "
+        name += f"{job['model'][:12]:12} "
+        reason = f"  {job['reason']}" if job["reason"] else ""
+        lines.append(name + " ".join(f"{c:>8}" for c in cells) + reason)
+    if not data["jobs"]:
+        lines.append("(no jobs yet)")
+    return "\n".join(lines)
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))

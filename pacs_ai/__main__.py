@@ -1,0 +1,5 @@
+"""``python -m pacs_ai`` is the ``pacs-ai`` command."""
+
+from pacs_ai.cli import main
+
+main()

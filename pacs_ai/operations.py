@@ -1,0 +1,129 @@
+"""Operator commands: ``pacs-ai routes test`` and ``pacs-ai resend``."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from core.errors import ConfigError
+from core.ledger import Ledger, UnknownJobError
+from core.settings import Settings, load_settings
+from dicom_node.routing import Arrival, Router
+
+CONFIG = click.option(
+    "--config",
+    "config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="PACS_AI_CONFIG",
+    required=True,
+    help="Configuration file (YAML). Environment: PACS_AI_CONFIG.",
+)
+
+
+def _settings(config: Path) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def routes() -> None:
+    """Check routing rules against DICOM files."""
+
+
+@routes.command(name="test")
+@CONFIG
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--calling-ae", default="", help="Pretend the files came from this AE title.")
+@click.option(
+    "--called-ae", default=None, help="Pretend they were sent to this AE title (default: ours)."
+)
+@click.option("--source", default="", help="Pretend they came from this IP address.")
+def routes_test(
+    config: Path, paths: tuple[Path, ...], calling_ae: str, called_ae: str | None, source: str
+) -> None:
+    """Show, per series in PATHS, which rule matches and why the others do not."""
+    settings = _settings(config)
+    router = Router(settings.routes, mode=settings.routing.mode)
+    arrival = None
+    if calling_ae or source or called_ae:
+        arrival = Arrival(calling_ae, called_ae or settings.node.ae_title, source)
+    seen = 0
+    for header, count in _series_headers(paths):
+        seen += 1
+        description = header.get("SeriesDescription", "")
+        click.echo(
+            f"series {header.get('SeriesInstanceUID', '?')} ({header.get('Modality', '?')}, "
+            f"{count} file(s){', ' + repr(str(description)) if description else ''})"
+        )
+        verdicts = router.explain(header, arrival)
+        width = max((len(v.route.name) for v in verdicts), default=0)
+        for verdict in verdicts:
+            route = verdict.route
+            if verdict.matched:
+                what = []
+                if route.models:
+                    what.append(f"models {', '.join(route.models)}")
+                if route.send_results_to:
+                    what.append(f"results to {', '.join(route.send_results_to)}")
+                if route.forward_originals_to:
+                    what.append(f"forward to {', '.join(route.forward_originals_to)}")
+                click.echo(f"  {route.name:<{width}}  MATCH  ({route.trigger}) {'; '.join(what)}")
+            else:
+                click.echo(f"  {route.name:<{width}}  no     {'; '.join(verdict.reasons)}")
+        applied = router.matching(header, arrival)
+        click.echo(
+            f"  => {', '.join(r.name for r in applied) or 'no rule: recorded UNROUTED'}"
+            f" (routing.mode: {settings.routing.mode})"
+        )
+    if not seen:
+        raise click.ClickException("no readable DICOM files in the given paths")
+
+
+@click.command()
+@CONFIG
+@click.argument("job_id")
+def resend(config: Path, job_id: str) -> None:
+    """Send a job's undelivered results again (dead-lettered or refused items).
+
+    The same action as the dashboard's "re-send", audit-logged as done from the command
+    line by the user running it.
+    """
+    from monitor.actions import ActionRefusedError, JobActions  # noqa: PLC0415
+    from monitor.auth import Principal  # noqa: PLC0415
+
+    settings = _settings(config)
+    ledger = Ledger(settings.resolved_ledger_url)
+    ledger.create_schema()
+    operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
+    try:
+        result = JobActions(ledger).perform("resend", job_id, operator)
+    except (UnknownJobError, ActionRefusedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ledger.close()
+    click.echo(f"job {job_id}: {result.message}; the node sends them")
+
+
+def _series_headers(paths: tuple[Path, ...]) -> Iterator[tuple[Dataset, int]]:
+    """The first readable header of each series under ``paths``, with the file count."""
+    first: dict[str, Dataset] = {}
+    counts: dict[str, int] = {}
+    for path in paths:
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            try:
+                header: Dataset = dcmread(file, stop_before_pixels=True)
+            except (InvalidDicomError, OSError):
+                continue
+            uid = str(header.get("SeriesInstanceUID", file))
+            first.setdefault(uid, header)
+            counts[uid] = counts.get(uid, 0) + 1
+    for uid, header in first.items():
+        yield header, counts[uid]

@@ -1,0 +1,91 @@
+"""What ``pacs-ai serve`` runs: the DICOM node and the node-side services around it.
+
+* the embedded Redis, when no ``broker_url`` is configured;
+* the :class:`~dicom_node.node.Node`: listener, spool, ledger recorder, completion watcher;
+* the delivery service (outbox -> destinations, retry schedule, dead letters);
+* the reconciler (the broker made to agree with the ledger);
+* the retention sweeper;
+* the monitor (dashboard, JSON API, ``/metrics``, ``/healthz``, ``/readyz``), unless
+  ``monitor.enabled`` is false.
+
+None of them imports a machine-learning framework.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from core.broker import EmbeddedRedis, uses_embedded_broker
+from core.queue import BrokerInspector, JobQueue
+from core.settings import Settings
+from dicom_node.node import Node
+from dicom_node.retention import RetentionSweeper
+from monitor.server import MonitorServer
+from workers.delivery import DeliveryService
+from workers.reconciler import Reconciler
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = EmbeddedRedis(settings.data_dir) if uses_embedded_broker(settings) else None
+        self.node: Node | None = None
+        self.delivery: DeliveryService | None = None
+        self.reconciler: Reconciler | None = None
+        self.retention: RetentionSweeper | None = None
+        self.monitor: MonitorServer | None = None
+
+    def start(self) -> None:
+        """Start everything; on a failure, stop what was started and re-raise."""
+        try:
+            if self.broker is not None:
+                self.broker.start()
+            self.node = Node(self.settings)
+            self.node.start()
+            self.delivery = DeliveryService(self.settings, self.node.ledger)
+            self.delivery.start()
+            self.reconciler = Reconciler(
+                self.settings,
+                self.node.ledger,
+                queue=JobQueue(self.node.celery),
+                inspector=BrokerInspector(self.node.celery),
+            )
+            self.reconciler.start()
+            self.retention = RetentionSweeper(self.settings, self.node.ledger)
+            self.retention.start()
+            if self.settings.monitor.enabled:
+                node = self.node
+                self.monitor = MonitorServer(
+                    self.settings,
+                    node.ledger,
+                    inspector=BrokerInspector(node.celery, socket_timeout=5.0),
+                    node_stats=lambda: dict(node.scp.stats),
+                )
+                self.monitor.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for part in (self.monitor, self.retention, self.reconciler, self.delivery):
+            if part is not None:
+                part.stop()
+        if self.node is not None:
+            self.node.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,297 @@
+"""The delivery service: sends outbox items to their destinations, on a retry schedule.
+
+Runs in the node process (``pacs-ai serve``), so GPU workers never wait on a PACS. Each
+round takes the due items, groups them by destination, and sends each group over one
+association (DIMSE C-STORE) or one STOW-RS request (DICOMweb). Per item:
+
+* stored (Success or a warning) -> SENT;
+* a transient failure (destination unreachable, association rejected or aborted, Out of
+  Resources, HTTP 5xx) -> retried after the next of ``delivery.retry_delays``, and
+  dead-lettered (DEAD) when they are used up;
+* a permanent rejection (SOP class not supported, Cannot Understand, HTTP 4xx) -> REJECTED.
+
+Then each job whose results were in the round moves on: DONE when every result is SENT,
+FAILED with the destination's reason (and a quarantine record) when one is REJECTED or
+DEAD. ``pacs-ai resend JOB_ID`` sends a failed job's results again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.jobs import JobState
+from core.ledger import Ledger
+from core.logs import log_context
+from core.outbox import DeliveryState, ItemKind, NewItem, Outbox, OutboxItem
+from core.periodic import Periodic
+from core.quarantine import Quarantine, QuarantineEntry
+from core.settings import DestinationSettings, DicomWebDestination, Settings
+from dicom_node.scu import AssociationError, InstanceResult, send_files
+from dicom_node.status import Status
+from workers.stow import stow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of sending one item once."""
+
+    item: OutboxItem
+    stored: bool
+    status: int | None
+    error: str
+    transient: bool
+
+
+def result_items(
+    *,
+    job_id: str,
+    series_uid: str,
+    route: str,
+    destinations: Sequence[str],
+    files: Sequence[tuple[str, str, Path]],
+) -> list[NewItem]:
+    """Outbox items for a job's result files: (SOP Instance UID, SOP Class UID, path)."""
+    return [
+        NewItem(
+            destination=destination,
+            kind=ItemKind.RESULT,
+            job_id=job_id,
+            series_uid=series_uid,
+            route=route,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            path=str(path),
+        )
+        for destination in destinations
+        for sop_uid, sop_class, path in files
+    ]
+
+
+class DeliveryService:
+    """Sends due outbox items, in a background thread or one round at a time."""
+
+    def __init__(
+        self, settings: Settings, ledger: Ledger, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.outbox = Outbox(ledger)
+        self.quarantine = Quarantine(settings.quarantine_dir)
+        self._clock = clock
+        self._loop = Periodic("delivery", settings.delivery.poll_interval_seconds, self.run_once)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def run_once(self) -> int:
+        """Send every due item once; return how many were attempted."""
+        due = self.outbox.due(now=self._clock())
+        by_destination: dict[str, list[OutboxItem]] = defaultdict(list)
+        for item in due:
+            by_destination[item.destination].append(item)
+        attempts: list[Attempt] = []
+        for name, items in by_destination.items():
+            attempts.extend(self._send(name, items))
+        self._record(attempts)
+        # Also the jobs that just reached DELIVERING: their items may all have been sent
+        # before the worker recorded the transition, in an earlier round.
+        recent = self.ledger.jobs(
+            states=[JobState.DELIVERING], updated_after=self._clock() - 60, limit=10_000
+        )
+        settle = {job.job_id for job in recent}
+        settle.update(a.item.job_id for a in attempts if a.item.job_id is not None)
+        self._settle_jobs(settle)
+        return len(attempts)
+
+    def _send(self, name: str, items: list[OutboxItem]) -> list[Attempt]:
+        destination = self.settings.destinations.get(name)
+        if destination is None:
+            return [
+                Attempt(
+                    item,
+                    stored=False,
+                    status=None,
+                    error=f"destination {name!r} is no longer configured",
+                    transient=False,
+                )
+                for item in items
+            ]
+        present = [item for item in items if Path(item.path).is_file()]
+        missing = [
+            Attempt(
+                item, stored=False, status=None, error=f"file {item.path} is gone", transient=False
+            )
+            for item in items
+            if item not in present
+        ]
+        if isinstance(destination, DicomWebDestination):
+            return missing + self._send_stow(destination, present)
+        return missing + self._send_dimse(name, destination, present)
+
+    def _send_dimse(
+        self, name: str, destination: DestinationSettings, items: list[OutboxItem]
+    ) -> list[Attempt]:
+        if not items:
+            return []
+        try:
+            report = send_files(
+                [Path(item.path) for item in items],
+                host=destination.host,
+                port=destination.port,
+                called_ae=destination.ae_title,
+                calling_ae=self.settings.node.ae_title,
+                timeout=destination.timeout_seconds,
+                tls=destination.tls,
+            )
+        except AssociationError as exc:
+            done = {str(r.path): r for r in exc.report.results}
+            return [
+                _from_result(item, done[item.path])
+                if item.path in done
+                else Attempt(
+                    item, stored=False, status=None, error=f"{name}: {exc}", transient=True
+                )
+                for item in items
+            ]
+        by_path = {str(result.path): result for result in report.results}
+        return [_from_result(item, by_path[item.path]) for item in items]
+
+    def _send_stow(
+        self, destination: DicomWebDestination, items: list[OutboxItem]
+    ) -> list[Attempt]:
+        if not items:
+            return []
+        outcomes = {
+            o.sop_instance_uid: o
+            for o in stow(destination, [(i.sop_instance_uid, Path(i.path)) for i in items])
+        }
+        return [
+            Attempt(
+                item,
+                stored=outcomes[item.sop_instance_uid].stored,
+                status=outcomes[item.sop_instance_uid].status,
+                error=outcomes[item.sop_instance_uid].reason,
+                transient=outcomes[item.sop_instance_uid].transient,
+            )
+            for item in items
+        ]
+
+    def _record(self, attempts: list[Attempt]) -> None:
+        now = self._clock()
+        sent = [a.item.item_id for a in attempts if a.stored]
+        self.outbox.mark_sent(sent, status=int(Status.SUCCESS), now=now)
+        delays = self.settings.delivery.retry_delays
+        for attempt in attempts:
+            if attempt.stored:
+                continue
+            item = attempt.item
+            made = item.attempts + 1
+            if not attempt.transient:
+                state, next_at = DeliveryState.REJECTED, None
+            elif made <= len(delays):
+                state, next_at = DeliveryState.PENDING, now + delays[made - 1]
+            else:
+                state, next_at = DeliveryState.DEAD, None
+            self.outbox.mark_failed(
+                item.item_id,
+                state=state,
+                status=attempt.status,
+                error=attempt.error,
+                next_attempt_at=next_at,
+                now=now,
+            )
+            logger.warning(
+                "delivery of %s to %s failed (attempt %d): %s -> %s",
+                item.sop_instance_uid,
+                item.destination,
+                made,
+                attempt.error,
+                state.value if next_at is None else f"retry in {next_at - now:.0f} s",
+            )
+
+    def _settle_jobs(self, job_ids: set[str]) -> None:
+        for job_id in sorted(job_ids):
+            with log_context(job_id=job_id):
+                self._settle(job_id)
+
+    def _settle(self, job_id: str) -> None:
+        job = self.ledger.get_job(job_id)
+        if job.state != JobState.DELIVERING:
+            return
+        items = self.outbox.items(job_id=job_id)
+        states = {item.state for item in items}
+        if states == {DeliveryState.SENT}:
+            seconds = max(i.sent_at or 0 for i in items) - min(i.created_at for i in items)
+            self.ledger.transition(
+                job_id,
+                JobState.DONE,
+                detail={
+                    "timings": {"deliver": seconds},
+                    "destinations": sorted({i.destination for i in items}),
+                },
+            )
+            logger.info("job done: %d objects delivered", len(items))
+            return
+        failed = [i for i in items if i.state in (DeliveryState.REJECTED, DeliveryState.DEAD)]
+        if failed and not any(i.state == DeliveryState.PENDING for i in items):
+            first = failed[0]
+            verb = (
+                "refused" if first.state == DeliveryState.REJECTED else "could not be reached for"
+            )
+            reason = (
+                f"destination {first.destination!r} {verb} {first.sop_instance_uid} after "
+                f"{first.attempts} attempt(s): {first.last_error}; `pacs-ai resend {job_id}` "
+                "sends it again"
+            )
+            self.ledger.transition(job_id, JobState.FAILED, reason=reason)
+            folder = self.quarantine.put(
+                QuarantineEntry(
+                    stage="deliver",
+                    error_type=first.state.value,
+                    message=reason,
+                    attempts=first.attempts,
+                    uids={
+                        "SeriesInstanceUID": job.series_instance_uid,
+                        "StudyInstanceUID": job.study_instance_uid,
+                    },
+                    job_id=job_id,
+                ),
+                quarantine_id=f"deliver-{job_id}-{int(self._clock())}",
+            )
+            self.ledger.record_quarantine(
+                stage="deliver",
+                reason=reason,
+                path=str(folder),
+                series_uid=job.series_instance_uid,
+                job_id=job_id,
+            )
+            logger.error("job failed: %s", reason)
+
+
+def _from_result(item: OutboxItem, result: InstanceResult) -> Attempt:
+    if result.refused:
+        # The destination does not take this SOP class / transfer syntax at all.
+        return Attempt(
+            item,
+            stored=False,
+            status=int(Status.SOP_CLASS_NOT_SUPPORTED),
+            error=result.reason,
+            transient=False,
+        )
+    return Attempt(
+        item,
+        stored=result.ok,
+        status=result.status,
+        error=result.reason,
+        transient=result.transient or result.status is None,
+    )
