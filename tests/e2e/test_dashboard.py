@@ -5,7 +5,8 @@ worker`` runs ct-lungs (the MR series is routed to it too, and fails); Orthanc i
 Headless Chromium (Debian's, driven by Playwright) signs in, watches the CT job appear and
 its stages fill in, sees the MR job's reason and retries it from the page. The metrics are
 scraped and checked against the ledger, and ``/readyz`` turns not-ready when the worker
-stops.
+stops. The page's self-refresh is checked on Playwright's clock: it never reloads over a
+click on a link, an action being sent or a reason being typed.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def browser() -> Iterator[Any]:
 
 
 def sign_in(browser: Any, base_url: str, user: str, password: str) -> Any:
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    # A context of its own (one user's cookies) that can hold more than one tab.
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
     page.goto(base_url + "/")
     assert "/login" in page.url, "the dashboard should ask to sign in first"
     page.fill("#user", user)
@@ -121,7 +124,7 @@ def open_page(signed_in: Any, url: str) -> Any:
     reload timer runs can be cancelled by that reload (net::ERR_ABORTED). A new tab has no
     timer until its page has loaded, so navigating in one never races a reload.
     """
-    page = signed_in.context.new_page(viewport={"width": 1500, "height": 1100})
+    page = signed_in.context.new_page()
     page.goto(url)
     return page
 
@@ -251,3 +254,55 @@ def test_the_dashboard_shows_jobs_flowing_and_retries_a_failed_one(
     assert checks["workers"]["detail"].startswith("no live worker serves ct-lungs")
     page = open_page(page, base + "/")
     expect(page.locator("#not-ready")).to_contain_text("no live worker serves ct-lungs")
+
+
+REFRESH_PAGE = """
+<body data-refresh="1">
+  <a id="job-link" href="/jobs/1">a job</a>
+  <a id="anchor" href="#events">events</a>
+  <form id="retry" action="/jobs/1/retry" method="post"><button id="retry-button">Retry</button></form>
+  <input id="reason">
+</body>
+"""
+
+
+def test_the_self_refreshing_page_never_reloads_over_a_click_or_a_form_being_sent(
+    browser: Any,
+) -> None:
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    from monitor.assets import REFRESH_SCRIPT  # noqa: PLC0415
+
+    page = browser.new_page()
+    page.clock.install()
+    page.set_content(REFRESH_PAGE)
+    # Count reloads instead of doing them (a reload would end the test's page), and stop
+    # the links and the form at the page (as a slow server would): only the script's own
+    # decisions are under test, on Playwright's clock instead of the wall clock.
+    call_to_reload = "window.location.reload()"
+    assert call_to_reload in REFRESH_SCRIPT
+    page.evaluate(
+        "() => { window.reloads = 0;"
+        " document.addEventListener('click', e => { if (e.target.closest('a')) e.preventDefault(); });"
+        " document.addEventListener('submit', e => e.preventDefault()); }"
+    )
+    page.add_script_tag(content=REFRESH_SCRIPT.replace(call_to_reload, "window.reloads++"))
+
+    def reloads_after(milliseconds: int) -> int:
+        page.clock.run_for(milliseconds)
+        return int(page.evaluate("window.reloads"))
+
+    assert reloads_after(1_000) == 1, "the page reloads itself every data-refresh seconds"
+    page.click("#anchor")
+    assert reloads_after(1_000) == 2, "a link within the page is no navigation"
+    page.click("#job-link")
+    assert reloads_after(5_000) == 2, "no reload once a link has been followed"
+    assert reloads_after(6_000) > 2, "a navigation that never came must not stop the refresh"
+    page.click("#retry-button")
+    before = int(page.evaluate("window.reloads"))
+    assert reloads_after(5_000) == before, "no reload over an action being sent"
+    page.clock.run_for(6_000)
+    page.focus("#reason")
+    before = int(page.evaluate("window.reloads"))
+    assert reloads_after(3_000) == before, "no reload while the user types a reason"
+    expect(page.locator("#reason")).to_be_focused()
