@@ -4,7 +4,8 @@ Content (PS3.16 TID 1500), built with highdicom:
 
 * observation context: a *device* observer (TID 1004): pacs-ai running the model, with a
   Device Observer UID derived from the model id and version;
-* an Image Library (TID 1600) listing the source images;
+* an Image Library (TID 1600) listing the source images, with the descriptors they share
+  said once per group (:mod:`inference.writers.image_library`);
 * per label the model found, two measurement groups sharing its tracking identifier and
   tracking UID (TID 4108; the SEG segment's, derived deterministically):
 
@@ -71,6 +72,7 @@ from inference.writers import (
     tracking_uid,
 )
 from inference.writers.findings import SegmentFinding, round_value, segment_findings
+from inference.writers.image_library import image_library
 from models.manifest import CodeSpec, ModelManifest
 
 if TYPE_CHECKING:
@@ -407,9 +409,12 @@ def _measurement_report(
         procedure_reported=codes.IMAGING_PROCEDURE,
         imaging_measurements=groups,
         title=codes.IMAGING_MEASUREMENT_REPORT,
-        referenced_images=headers_in_frame(volume),
     )
     root: Dataset = report[0]
+    # TID 1500 row 4: the Image Library comes right before the Imaging Measurements (our
+    # own, with shared descriptors stated once per group: see image_library).
+    measurements = len(root.ContentSequence) - 1
+    root.ContentSequence.insert(measurements, image_library(headers_in_frame(volume)))
     return root
 
 

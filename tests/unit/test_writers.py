@@ -13,17 +13,20 @@ import pytest
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.sr._concepts_dict import concepts
+from pydicom.sr.codedict import codes as pydicom_codes
 
 from core.errors import InvalidInputError
 from inference import codes
 from inference.volume import Volume
 from inference.writers import (
     algorithm_parameters,
+    headers_in_frame,
     ordered_labels,
     save_dataset,
     series_description,
     tracking_uid,
 )
+from inference.writers.image_library import image_library
 from tests.support.dicom_checks import read_report, walk
 from tests.support.small_ct import (
     ANATOMY,
@@ -46,6 +49,7 @@ from tests.support.small_ct import (
 
 #: Codes PS3.16 defines that pydicom's copy of its tables lacks (checked by hand).
 NOT_IN_PYDICOM = {("UMLS", "C0034375", "Qualitative Evaluations")}
+DCM = pydicom_codes.DCM
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +298,80 @@ def test_the_report_says_for_every_label_whether_it_was_found(
     ]
     values = [item.ConceptCodeSequence[0].CodeValue for item in container.ContentSequence]
     assert values == [codes.ABSENT.value, codes.PRESENT.value]
+
+
+def concept(item: pydicom.Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def acquisition_context(item: pydicom.Dataset) -> dict[str, object]:
+    """The HAS ACQ CONTEXT descriptors directly under ``item``, by concept code value."""
+    found: dict[str, object] = {}
+    for child in item.ContentSequence:
+        if child.RelationshipType != "HAS ACQ CONTEXT":
+            continue
+        if child.ValueType == "NUM":
+            found[concept(child)] = float(child.MeasuredValueSequence[0].NumericValue)
+        elif child.ValueType == "UIDREF":
+            found[concept(child)] = child.UID
+        else:
+            found[concept(child)] = child.ConceptCodeSequence[0].CodeValue
+    return found
+
+
+POSITION = [DCM.ImagePositionPatientX, DCM.ImagePositionPatientY, DCM.ImagePositionPatientZ]
+
+
+def test_the_image_library_lists_every_source_image_and_says_what_they_share_once(
+    volume: Volume, tmp_path: Path
+) -> None:
+    labels = lung_labels()
+    seg = make_seg(volume, labels)
+    reread = pydicom.dcmread(save_dataset(make_sr(seg, volume, labels), tmp_path / "sr.dcm"))
+
+    names = [concept(item) for item in reread.ContentSequence]
+    at = names.index(DCM.ImageLibrary.value)
+    assert names[at + 1] == DCM.ImagingMeasurements.value  # TID 1500 rows 4 and 5
+    (group,) = reread.ContentSequence[at].ContentSequence
+    assert concept(group) == DCM.ImageLibraryGroup.value
+    shared = acquisition_context(group)
+    first = volume.source_headers[0]
+    assert shared[DCM.FrameOfReferenceUID.value] == volume.frame_of_reference_uid
+    assert shared[DCM.PixelDataRows.value] == ROWS and shared[DCM.PixelDataColumns.value] == COLUMNS
+    assert shared[DCM.SliceThickness.value] == float(first.SliceThickness)
+    assert shared[DCM.ImageOrientationPatientRowX.value] == float(first.ImageOrientationPatient[0])
+    assert not {c.value for c in POSITION} & set(shared), "position differs per image"
+
+    entries = [item for item in group.ContentSequence if item.ValueType == "IMAGE"]
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
+        h.SOPInstanceUID for h in volume.source_headers
+    ]
+    for entry, header in zip(entries, volume.source_headers, strict=True):
+        own = acquisition_context(entry)
+        assert list(own) == [c.value for c in POSITION]
+        assert list(own.values()) == [float(v) for v in header.ImagePositionPatient]
+
+
+def test_images_that_differ_in_more_than_position_go_to_groups_of_their_own(
+    volume: Volume,
+) -> None:
+    headers = headers_in_frame(volume)
+    for header in headers[::2]:
+        header.SliceThickness = 5.0
+
+    library = image_library(headers)
+
+    groups = list(library.ContentSequence)
+    assert len(groups) == 2
+    thicknesses = [acquisition_context(g)[DCM.SliceThickness.value] for g in groups]
+    assert thicknesses == [5.0, float(headers[1].SliceThickness)]
+    listed = [
+        e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for g in groups
+        for e in g.ContentSequence
+        if e.ValueType == "IMAGE"
+    ]
+    assert sorted(listed) == sorted(h.SOPInstanceUID for h in headers)
 
 
 def test_sr_groups_reference_their_segment_the_source_series_and_the_segs_tracking_uids(
