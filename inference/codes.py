@@ -27,6 +27,8 @@ from models.manifest import CodeSpec
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
 #: Procedure reported, CID 100 (TID 1500 row 3).
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+#: Concept name of an Image Library entry (TID 1601 row 1), as highdicom writes it.
+SOURCE = Code("260753009", "SCT", "Source")
 
 # --- Measurements (TID 300 / TID 1419) ---------------------------------------------------
 
@@ -104,6 +106,7 @@ def code_from_spec(spec: CodeSpec) -> Code:
 ALL_CODES: tuple[Code, ...] = (
     IMAGING_MEASUREMENT_REPORT,
     IMAGING_PROCEDURE,
+    SOURCE,
     VOLUME,
     MILLILITER,
     SUM_OF_SEGMENTED_VOXELS,

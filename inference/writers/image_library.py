@@ -11,16 +11,18 @@ entries (row 3, HAS ACQ CONTEXT TID 1602), each entry keeping only its own (TID 
 row 2). So images are grouped by everything but their position; a group states modality,
 frame of reference, matrix, spacing, thickness and orientation once, and each entry only
 its Image Position (Patient) X/Y/Z: about 4 items per image instead of 15. Images that are
-not cross-sectional (or lack the attributes) keep highdicom's full per-entry descriptors.
+not cross-sectional (or lack the attributes) are left to highdicom's own library groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+
+from inference import codes as pacs_codes
 
 _POSITION = (
     codes.DCM.ImagePositionPatientX,
@@ -39,97 +41,74 @@ _SHARED_REQUIRED = (
     "ImageOrientationPatient",
 )
 _SHARED_OPTIONAL = ("SpacingBetweenSlices",)
-_SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
 _ACQ_CONTEXT = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 
 def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
-    """The Image Library container (TID 1600) listing ``images``, in their order.
+    """The Image Library container (TID 1600) listing ``images``.
 
     Raises:
         ValueError: ``images`` is empty, or holds a dataset that is not an image.
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
-    groups: dict[Hashable, list[Dataset]] = {}
+    groups: dict[tuple[str, ...], list[Dataset]] = {}
+    others: list[Dataset] = []
     for image in images:
-        groups.setdefault(_group_key(image), []).append(image)
+        key = _group_key(image)
+        if key is None:
+            others.append(image)
+        else:
+            groups.setdefault(key, []).append(image)
     library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=_CONTAINS)
-    library.ContentSequence = hd.sr.ContentSequence(
-        [_group(members, shared=key is not None) for key, members in groups.items()]
-    )
+    library.ContentSequence = hd.sr.ContentSequence([_group(group) for group in groups.values()])
+    if others:
+        # highdicom groups them by modality and frame of reference, each entry described whole.
+        library.ContentSequence.extend(hd.sr.ImageLibrary(others)[0].ContentSequence)
     return library
 
 
-def _group_key(image: Dataset) -> Hashable:
-    """What an image shares with its group; ``None`` (one group, full entries) if unsure."""
-    cross_sectional = image.get("Modality") in _CROSS_SECTIONAL
-    if not cross_sectional or "ImagePositionPatient" not in image:
+def _group_key(image: Dataset) -> tuple[str, ...] | None:
+    """What an image shares with the rest of its group; ``None`` when not cross-sectional."""
+    if image.get("Modality") not in _CROSS_SECTIONAL:
         return None
-    if any(image.get(name) is None for name in _SHARED_REQUIRED):
+    if any(image.get(name) is None for name in (*_SHARED_REQUIRED, "ImagePositionPatient")):
         return None
-    return tuple(_hashable(image.get(name)) for name in _SHARED_REQUIRED + _SHARED_OPTIONAL)
+    return tuple(str(image.get(name)) for name in _SHARED_REQUIRED + _SHARED_OPTIONAL)
 
 
-def _hashable(value: object) -> Hashable:
-    if value is None or isinstance(value, str | int | float):
-        return value
-    try:
-        return tuple(str(v) for v in value)  # type: ignore[attr-defined]
-    except TypeError:
-        return str(value)
-
-
-def _group(images: list[Dataset], *, shared: bool) -> hd.sr.ContainerContentItem:
+def _group(images: list[Dataset]) -> hd.sr.ContainerContentItem:
+    """One group: the first image's descriptors but its position, then each image's position."""
     group = hd.sr.ContainerContentItem(
         name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS
     )
-    content = hd.sr.ContentSequence()
-    if shared:
-        # The first image's full descriptors without its position hold for every member.
-        descriptors = hd.sr.ImageLibraryEntryDescriptors(images[0])
-        content.extend(item for item in descriptors if not _is_position(item))
-        content.extend(_entry(image, _position(image)) for image in images)
-    else:
-        frames = {image.get("FrameOfReferenceUID") for image in images}
-        if len(frames) == 1 and None not in frames:
-            content.append(
-                hd.sr.UIDRefContentItem(
-                    name=codes.DCM.FrameOfReferenceUID,
-                    value=frames.pop(),
-                    relationship_type=_ACQ_CONTEXT,
-                )
-            )
-        content.extend(_entry(image, hd.sr.ImageLibraryEntryDescriptors(image)) for image in images)
-    group.ContentSequence = content
+    group.ContentSequence = hd.sr.ContentSequence()
+    descriptors = hd.sr.ImageLibraryEntryDescriptors(images[0])
+    group.ContentSequence.extend(item for item in descriptors if not _is_position(item))
+    group.ContentSequence.extend(_entry(image) for image in images)
     return group
 
 
-def _entry(
-    image: Dataset, descriptors: Iterable[hd.sr.ContentItem] | hd.sr.ContentSequence
-) -> hd.sr.ImageContentItem:
+def _entry(image: Dataset) -> hd.sr.ImageContentItem:
     entry = hd.sr.ImageContentItem(
-        name=_SOURCE,
+        name=pacs_codes.SOURCE,
         referenced_sop_class_uid=image.SOPClassUID,
         referenced_sop_instance_uid=image.SOPInstanceUID,
         relationship_type=_CONTAINS,
     )
-    entry.ContentSequence = hd.sr.ContentSequence()
-    entry.ContentSequence.extend(descriptors)
+    entry.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.NumContentItem(
+                name=name,
+                value=value,
+                unit=codes.UCUM.Millimeter,
+                relationship_type=_ACQ_CONTEXT,
+            )
+            for name, value in zip(_POSITION, image.ImagePositionPatient, strict=True)
+        ]
+    )
     return entry
-
-
-def _position(image: Dataset) -> list[hd.sr.ContentItem]:
-    return [
-        hd.sr.NumContentItem(
-            name=name,
-            value=value,
-            unit=codes.UCUM.Millimeter,
-            relationship_type=_ACQ_CONTEXT,
-        )
-        for name, value in zip(_POSITION, image.ImagePositionPatient, strict=True)
-    ]
 
 
 def _is_position(item: Dataset) -> bool:
