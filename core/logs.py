@@ -57,9 +57,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+def _one_line(text: str) -> str:
+    # A message quoting what a peer sent (an AE title, a UID, a library's error text)
+    # must not be able to start a log line of its own.
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record (control characters in the message escaped), then any
+    traceback."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 -- logging's name
+        record.message = _one_line(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -42,11 +42,11 @@ from core.validation import describe
 ENV_PREFIX = "PACS_AI_"
 DEFAULT_DATA_DIR = Path("/var/lib/pacs-ai")
 
-_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2 AE: no backslash
+_AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 6.2 AE: no backslash
 
 
 def _check_ae_title(value: str) -> str:
-    if not _AE_TITLE_RE.match(value) or not value.strip():
+    if not _AE_TITLE_RE.fullmatch(value) or not value.strip():
         raise ValueError(
             f"{value!r} is not a valid AE title: 1 to 16 printable characters, no backslash"
         )

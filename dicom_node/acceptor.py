@@ -41,6 +41,8 @@ from dicom_node.ul.negotiation import (
     APPLICATION_CONTEXT_NOT_SUPPORTED,
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
+    MIN_PEER_MAX_LENGTH,
+    NO_REASON_GIVEN,
     PROTOCOL_VERSION_NOT_SUPPORTED,
     AssociationRequest,
     NegotiatedContext,
@@ -76,6 +78,9 @@ ABSTRACT_SYNTAXES = frozenset(
     for context in AllStoragePresentationContexts
     if context.abstract_syntax is not None
 ) | {VERIFICATION}
+#: A command set (group 0000) is a few hundred bytes at most; fragments that never end
+#: must not grow a buffer without bound (PS3.7 E.1 lists every element it may hold).
+MAX_COMMAND_SET_BYTES = 64 * 1024
 
 
 class Slots:
@@ -206,6 +211,14 @@ class _Association:
                 request.application_context,
             )
             return APPLICATION_CONTEXT_NOT_SUPPORTED
+        if 0 < request.max_length < MIN_PEER_MAX_LENGTH:
+            logger.warning(
+                "rejected association from %s: its maximum PDU length %d is below %d bytes",
+                self.peer,
+                request.max_length,
+                MIN_PEER_MAX_LENGTH,
+            )
+            return NO_REASON_GIVEN
         if not self.acceptor.slots.within_limit():
             logger.warning(
                 "rejected association from %s: already serving node.max_associations=%d",
@@ -304,6 +317,11 @@ class _Association:
             if self.command_buffer and context.context_id != self.command_context:
                 raise ProtocolError("command fragments on two presentation contexts")
             self.command_context = context.context_id
+            if len(self.command_buffer) + len(data) > MAX_COMMAND_SET_BYTES:
+                raise ProtocolError(
+                    f"a command set longer than {MAX_COMMAND_SET_BYTES} bytes",
+                    AbortReason.INVALID_PDU_PARAMETER,
+                )
             self.command_buffer += data
             if control & LAST:
                 command = _decode(self.command_buffer)

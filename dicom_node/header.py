@@ -27,7 +27,7 @@ _WANTED = [_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES]
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a component,
 # at most 64 characters. The same rule keeps UIDs safe as file and folder names.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,8 @@ def check_uid(value: str, name: str) -> str:
     """
     if not value:
         raise InvalidInputError(f"{name} is missing or empty", stage="receive")
-    if len(value) > 64 or not _UID_RE.match(value):
+    # fullmatch: ``match`` with ``$`` would let a trailing newline through.
+    if len(value) > 64 or not _UID_RE.fullmatch(value):
         raise InvalidInputError(
             f"{name} {value[:80]!r} is not a valid UID (digits and dots, at most 64 "
             "characters, PS3.5 9.1)",

@@ -104,6 +104,13 @@ PROTOCOL_VERSION_NOT_SUPPORTED = Rejection(
 LOCAL_LIMIT_EXCEEDED = Rejection(
     RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION, 2
 )
+NO_REASON_GIVEN = Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER, 1)
+
+#: The smallest Maximum Length Received (PS3.8 D.1) a peer may announce; 0 means no limit.
+#: A response must fit into PDUs of that size, and below a few hundred bytes a C-STORE
+#: response (about 100 bytes of command set) cannot be sent sensibly. DCMTK's own floor
+#: is 4096; this one is lower, to leave odd but working peers alone.
+MIN_PEER_MAX_LENGTH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +187,7 @@ def decode_associate_rq(body: bytes | memoryview) -> AssociationRequest:
             calling_ae=_ae(pdu.calling_ae_title),
             called_ae=_ae(pdu.called_ae_title),
             protocol_version=int(pdu.protocol_version),
-            application_context=str(pdu.application_context_name or ""),
+            application_context=escaped(str(pdu.application_context_name or "")),
             contexts=contexts,
             max_length=max_length,
             implementation_class_uid=class_uid,
@@ -188,14 +195,28 @@ def decode_associate_rq(body: bytes | memoryview) -> AssociationRequest:
         )
     except Exception as exc:  # pynetdicom raises many types for a malformed PDU
         raise ProtocolError(
-            f"cannot decode the A-ASSOCIATE-RQ: {type(exc).__name__}: {exc}",
+            f"cannot decode the A-ASSOCIATE-RQ: {type(exc).__name__}: {escaped(str(exc))}",
             AbortReason.INVALID_PDU_PARAMETER,
         ) from exc
 
 
+def escaped(text: str) -> str:
+    """``text`` with every character outside printable ASCII written as an escape.
+
+    Whatever a peer sends ends up in log lines; a newline in an AE title or a UID would let
+    it forge whole lines. Escaped values also never equal a configured AE title (those are
+    printable ASCII by validation), so an allow-list check of them fails as it should.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _ae(value: str | bytes) -> str:
-    text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
-    return text.strip()
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return escaped(text.strip(" \x00"))
 
 
 def negotiate(

@@ -82,7 +82,9 @@ def test_valid_uids_pass(uid: str) -> None:
     assert check_uid(uid, "x") == uid
 
 
-@pytest.mark.parametrize("uid", ["", "1..2", "01.2", "1.2.", "a.b", "1." + "2" * 70])
+@pytest.mark.parametrize(
+    "uid", ["", "1..2", "01.2", "1.2.", "a.b", "1." + "2" * 70, "1.2.3\n", "1.2\r\n.3"]
+)
 def test_invalid_uids_are_named(uid: str) -> None:
     with pytest.raises(InvalidInputError, match="x "):
         check_uid(uid, "x")

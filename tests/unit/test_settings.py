@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.settings import DestinationSettings, load_settings
+from core.settings import DestinationSettings, load_settings, validate_settings
 
 # The issue's configuration, verbatim (its comment line is longer than our line limit).
 CONTRACT = """\
@@ -192,3 +192,11 @@ delivery: {retry_delays: [1, 2]}
     route = settings.routes[0]
     assert route.trigger == "study" and route.complete_when[0].min_instances == 50
     assert settings.routing.mode == "first" and settings.delivery.retry_delays == [1, 2]
+
+
+@pytest.mark.parametrize("title", ["PACSAI\n", "PACS\tAI", "PACS\\AI", "   "])
+def test_an_ae_title_with_a_control_character_or_a_trailing_newline_is_refused(
+    title: str,
+) -> None:
+    with pytest.raises(ConfigError, match=r"node\.ae_title: .* is not a valid AE title"):
+        validate_settings({"node": {"ae_title": title}, "routes": []})

@@ -1,0 +1,116 @@
+"""Probes a broken or hostile sender could make, against a live node (issue 11).
+
+Each test checks that the node answers as it should, and that a well-behaved DCMTK
+storescu is still served afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from core.logs import TextFormatter
+from dicom_node.acceptor import MAX_COMMAND_SET_BYTES
+from dicom_node.ul.negotiation import (
+    MIN_PEER_MAX_LENGTH,
+    ProposedContext,
+    decode_associate_rj,
+    encode_associate_rq,
+    escaped,
+)
+from dicom_node.ul.pdu import COMMAND, PduReader, PduType
+from tests.conftest import DicomFactory
+from tests.support.node import CT_IMAGE, Node, start_node
+from tests.support.peers import LOCALHOST, storescu
+
+pytestmark = pytest.mark.peers
+
+_CONTEXTS = [ProposedContext(1, CT_IMAGE, ("1.2.840.10008.1.2.1",))]
+
+
+def _request(*, max_length: int = 0, calling_ae: bytes = b"RAWSCU") -> bytes:
+    pdu = bytearray(
+        encode_associate_rq(
+            calling_ae="X" * 16, called_ae="PACSAI", contexts=_CONTEXTS, max_length=max_length
+        )
+    )
+    # The calling AE title is bytes 26-41 of the PDU (PS3.8 9.3.2); written by hand, since
+    # pynetdicom refuses to encode the titles a hostile peer sends.
+    pdu[26:42] = calling_ae.ljust(16, b" ")
+    return bytes(pdu)
+
+
+def _answer(port: int, request: bytes) -> tuple[int, bytes]:
+    with socket.create_connection((LOCALHOST, port), timeout=10) as sock:
+        sock.sendall(request)
+        return PduReader(sock, timeout=10).read()
+
+
+def _still_serves(node: Node, dicom_factory: DicomFactory) -> None:
+    result = storescu(dicom_factory.image(), LOCALHOST, node.port, "PACSAI", "STORESCU")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_peer_announcing_a_tiny_maximum_pdu_length_is_rejected_not_left_unanswered(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    with start_node(tmp_path / "data") as node:
+        for tiny in (1, 5, 6, MIN_PEER_MAX_LENGTH - 1):
+            pdu_type, body = _answer(node.port, _request(max_length=tiny))
+
+            assert pdu_type == PduType.ASSOCIATE_RJ, tiny
+            rejection = decode_associate_rj(body)
+            assert (rejection.result, rejection.source, rejection.reason) == (1, 1, 1)
+        pdu_type, _ = _answer(node.port, _request(max_length=MIN_PEER_MAX_LENGTH))
+        assert pdu_type == PduType.ASSOCIATE_AC
+        _still_serves(node, dicom_factory)
+
+
+def test_command_fragments_that_never_end_are_aborted_at_the_command_set_limit(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    fragment = b"\x00" * 16000
+    with start_node(tmp_path / "data") as node:
+        with socket.create_connection((LOCALHOST, node.port), timeout=10) as sock:
+            sock.sendall(_request())
+            reader = PduReader(sock, timeout=10)
+            assert reader.read()[0] == PduType.ASSOCIATE_AC
+            pdv = (len(fragment) + 2).to_bytes(4, "big") + bytes([1, COMMAND]) + fragment
+            pdu = bytes([PduType.P_DATA_TF, 0]) + len(pdv).to_bytes(4, "big") + pdv
+            # Just past the limit, then nothing more: the node's answer is not lost to a
+            # connection reset caused by bytes it never read.
+            for _sent in range(MAX_COMMAND_SET_BYTES // len(fragment) + 1):
+                sock.sendall(pdu)
+
+            assert reader.read()[0] == PduType.ABORT
+        _still_serves(node, dicom_factory)
+
+
+def test_control_characters_in_a_calling_ae_title_are_refused_and_logged_on_one_line(
+    tmp_path: Path, dicom_factory: DicomFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    callers = [{"ae_title": "CT1"}, {"ae_title": "STORESCU"}]
+    with start_node(tmp_path / "data", allowed_callers=callers) as node:
+        caplog.set_level(logging.INFO)
+        forged = b"CT1\n" + b"FORGED LINE"
+
+        pdu_type, _ = _answer(node.port, _request(calling_ae=forged))
+
+        # A control character makes the A-ASSOCIATE-RQ malformed (PS3.5 6.2: AE titles
+        # are printable): aborted, like any undecodable PDU, and never matched to CT1.
+        assert pdu_type == PduType.ABORT
+        lines = [TextFormatter().format(record) for record in caplog.records]
+        assert not any("\n" in line for line in lines), lines
+        assert any("CT1\\nFORGED LINE" in line for line in lines), lines
+        assert node.ledger.count_instances() == 0
+        _still_serves(node, dicom_factory)
+
+
+def test_control_characters_in_an_application_context_name_are_escaped() -> None:
+    assert escaped("1.2.840.10008.3.1.1.1\r\nINFO forged") == (
+        "1.2.840.10008.3.1.1.1\\r\\nINFO forged"
+    )
+    assert escaped("CT_SCANNER") == "CT_SCANNER"
