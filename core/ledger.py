@@ -189,19 +189,11 @@ class Ledger:
             return
         now = time.time()
         with self._engine.begin() as conn:
-            uids = [r.sop_instance_uid for r in records]
-            existing: set[str] = set()
-            for start in range(0, len(uids), _IN_CHUNK):
-                existing.update(
-                    conn.execute(
-                        select(instances_table.c.sop_instance_uid).where(
-                            instances_table.c.sop_instance_uid.in_(uids[start : start + _IN_CHUNK])
-                        )
-                    ).scalars()
-                )
+            records = self._set_aside_identity_conflicts(conn, records, now)
             per_series: dict[str, _SeriesDelta] = {}
             new_rows: list[dict[str, Any]] = []
             resent_records: list[InstanceRecord] = []
+            existing: set[str] = set(self._known_instances(conn, records))
             for record in records:
                 resent = record.sop_instance_uid in existing
                 existing.add(record.sop_instance_uid)
@@ -230,7 +222,10 @@ class Ledger:
             for record in resent_records:
                 conn.execute(
                     update(instances_table)
-                    .where(instances_table.c.sop_instance_uid == record.sop_instance_uid)
+                    .where(
+                        instances_table.c.sop_instance_uid == record.sop_instance_uid,
+                        instances_table.c.series_uid == record.series_instance_uid,
+                    )
                     .values(
                         path=record.path,
                         size=record.size,
@@ -247,6 +242,91 @@ class Ledger:
                 study.add(delta, new_series=is_new)
             for study_uid, study_delta in per_study.items():
                 _apply_study_delta(conn, study_uid, study_delta, now)
+
+    @staticmethod
+    def _known_instances(
+        conn: Connection, records: Sequence[InstanceRecord]
+    ) -> dict[str, tuple[str, str]]:
+        """(study UID, series UID) of each of ``records``' SOP instances already recorded."""
+        uids = sorted({r.sop_instance_uid for r in records})
+        known: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(uids), _IN_CHUNK):
+            rows = conn.execute(
+                select(
+                    instances_table.c.sop_instance_uid,
+                    instances_table.c.study_uid,
+                    instances_table.c.series_uid,
+                ).where(instances_table.c.sop_instance_uid.in_(uids[start : start + _IN_CHUNK]))
+            ).all()
+            known.update((row[0], (row[1], row[2])) for row in rows)
+        return known
+
+    def _set_aside_identity_conflicts(
+        self, conn: Connection, records: Sequence[InstanceRecord], now: float
+    ) -> list[InstanceRecord]:
+        """``records`` less those whose UIDs would mix two studies or series; those are
+        quarantined, with the reason, where their files lie in the spool.
+
+        A SOP Instance UID already recorded in another series, or a Series Instance UID
+        already recorded in another study, is a sender reusing UIDs: the instance must
+        never join the other series, whose job would read it as its own (another
+        patient's image, perhaps). The node's receivers refuse most of these before
+        answering (:meth:`dicom_node.spool.Spool.claim`); this is the backstop for
+        those that arrive at the same moment or at another receiving process.
+        """
+        known = self._known_instances(conn, records)
+        series_uids = sorted({r.series_instance_uid for r in records})
+        study_of_series: dict[str, str] = {}
+        for start in range(0, len(series_uids), _IN_CHUNK):
+            rows = conn.execute(
+                select(series_table.c.series_uid, series_table.c.study_uid).where(
+                    series_table.c.series_uid.in_(series_uids[start : start + _IN_CHUNK])
+                )
+            ).all()
+            study_of_series.update((row[0], row[1]) for row in rows)
+        kept: list[InstanceRecord] = []
+        for record in records:
+            place = (record.study_instance_uid, record.series_instance_uid)
+            earlier = known.setdefault(record.sop_instance_uid, place)
+            owner = study_of_series.setdefault(record.series_instance_uid, place[0])
+            if earlier == place and owner == place[0]:
+                kept.append(record)
+                continue
+            if earlier != place:
+                reason = (
+                    f"SOP Instance UID {record.sop_instance_uid} was already received in "
+                    f"study {earlier[0]}, series {earlier[1]}; this instance of study "
+                    f"{place[0]}, series {place[1]} reuses it and is kept apart. Have the "
+                    "sender give every instance its own UID, then send it again"
+                )
+            else:
+                reason = (
+                    f"Series Instance UID {record.series_instance_uid} already belongs to "
+                    f"study {owner}; this instance of study {place[0]} reuses it and is "
+                    "kept apart. Have the sender give every series its own UID"
+                )
+            already = conn.execute(
+                select(quarantine_table.c.quarantine_id).where(
+                    quarantine_table.c.stage == "identity",
+                    quarantine_table.c.path == record.path,
+                )
+            ).first()
+            if already is not None:
+                continue  # recorded again at start-up (register_unrecorded): one record
+            logger.warning("identity conflict: %s", reason)
+            conn.execute(
+                insert(quarantine_table).values(
+                    quarantine_id=uuid.uuid4().hex,
+                    at=now,
+                    stage="identity",
+                    reason=reason,
+                    path=record.path,
+                    sop_instance_uid=record.sop_instance_uid,
+                    series_uid=record.series_instance_uid,
+                    calling_ae=record.calling_ae,
+                )
+            )
+        return kept
 
     def _apply_series_delta(
         self, conn: Connection, series_uid: str, delta: _SeriesDelta, now: float

@@ -146,9 +146,12 @@ class IncomingInstance:
                 self._transfer_syntax,
             )
         try:
-            stored = write.commit(identity)
+            holder = self._store.spool.claim(identity)
+            stored = write.commit(identity) if holder is None else None
         except OSError as exc:
             return self._refuse(exc)
+        if stored is None:
+            return self._conflict(identity, holder or "")
         self._store.outcomes.stored(
             InstanceRecord(
                 sop_instance_uid=identity.sop_instance_uid,
@@ -194,6 +197,30 @@ class IncomingInstance:
                     f"{requested or '(missing)'} (PS3.7 9.3.1.1)",
                     stage="receive",
                 )
+
+    def _conflict(self, identity: InstanceIdentity, holder: str) -> tuple[Status, str]:
+        """A SOP Instance UID already stored in another series: refused, kept aside."""
+        message = (
+            f"SOP Instance UID {identity.sop_instance_uid} is already stored in study/series "
+            f"{holder}; this instance (study {identity.study_instance_uid}, series "
+            f"{identity.series_instance_uid}) reuses it. Have the sender give every "
+            "instance its own UID, then send it again"
+        )
+        self._keep(
+            QuarantineEntry(
+                stage="identity",
+                error_type="IdentityConflict",
+                message=message,
+                calling_ae=self._peer.calling_ae,
+                uids={
+                    "SOPInstanceUID": identity.sop_instance_uid,
+                    "StudyInstanceUID": identity.study_instance_uid,
+                    "SeriesInstanceUID": identity.series_instance_uid,
+                },
+            )
+        )
+        self._write.discard()
+        return Status.CANNOT_UNDERSTAND, "SOP Instance UID already used in another series"
 
     def _refuse(self, error: OSError) -> tuple[Status, str]:
         self._write.discard()

@@ -116,7 +116,9 @@ def register_unrecorded(spool_root: Path, ledger: Ledger) -> int:
     Returns the number of instances registered.
     """
     registered = 0
-    for series_dir in sorted(p for p in spool_root.glob("*/*") if p.is_dir()):
+    # Hidden folders (.incoming, the .sop index) hold no series.
+    series_dirs = (p for p in spool_root.glob("*/*") if not p.parent.name.startswith("."))
+    for series_dir in sorted(p for p in series_dirs if p.is_dir()):
         known = {i.sop_instance_uid for i in ledger.series_instances(series_dir.name)}
         records: list[InstanceRecord] = []
         for path in sorted(series_dir.glob("*.dcm")):

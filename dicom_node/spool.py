@@ -21,12 +21,19 @@ its name durable too, which ext4, XFS and btrfs do. On a filesystem without user
 extended attributes the spool falls back to the classic sequence: fsync, rename, fsync
 the folder.
 
+Identity: ``spool/.sop/<last two characters>/<SOP Instance UID>`` is a symbolic link to
+``<study UID>/<series UID>``, made when an instance is first stored
+(:meth:`Spool.claim`). A sender reusing a SOP Instance UID in another series (a modality
+whose UID generator repeats, a badly merged archive) is thereby told apart before it
+gets Success, so that one series never takes another's image for its own. A link whose
+instance is no longer in the spool (removed by retention) no longer holds the UID.
+
 Temporary files are named ``<pid>-<n>-<random>.part``, so that when a receiving process
 dies its unfinished writes can be told apart from those of its siblings.
 """
 
 # The hot path works on str paths with os functions: pathlib cost ~8 % of receiving CPU.
-# ruff: noqa: PTH103, PTH105, PTH108, PTH110, PTH112, PTH120, PTH123
+# ruff: noqa: PTH103, PTH105, PTH108, PTH110, PTH112, PTH115, PTH120, PTH123, PTH211
 
 from __future__ import annotations
 
@@ -109,6 +116,36 @@ class Spool:
             f"{self._root}/{identity.study_instance_uid}/{identity.series_instance_uid}/"
             f"{identity.sop_instance_uid}.dcm"
         )
+
+    def claim(self, identity: InstanceIdentity) -> str | None:
+        """Tie ``identity``'s SOP Instance UID to its study and series.
+
+        Returns ``None`` when the UID is new or already tied to the same study and series
+        (a re-send), else the ``<study UID>/<series UID>`` that holds it. The link is not
+        fsynced: after a power cut the ledger's own check is the backstop.
+
+        Raises:
+            OSError: the index cannot be written.
+        """
+        place = f"{identity.study_instance_uid}/{identity.series_instance_uid}"
+        folder = f"{self._root}/.sop/{identity.sop_instance_uid[-2:]}"
+        link = f"{folder}/{identity.sop_instance_uid}"
+        self._ensure_dir(folder)
+        try:
+            os.symlink(place, link)
+        except FileExistsError:
+            holder = os.readlink(link)
+        else:
+            return None
+        if holder == place:
+            return None
+        if os.path.exists(f"{self._root}/{holder}/{identity.sop_instance_uid}.dcm"):
+            return holder
+        # The earlier instance is gone (retention): the UID is free again.
+        temporary = f"{link}.{self._names.next()}"
+        os.symlink(place, temporary)
+        os.replace(temporary, link)
+        return None
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self._root).free

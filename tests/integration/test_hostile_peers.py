@@ -10,10 +10,14 @@ import logging
 import socket
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 
 from core.logs import TextFormatter
 from dicom_node.acceptor import MAX_COMMAND_SET_BYTES
+from dicom_node.node import Node
+from dicom_node.status import Status
 from dicom_node.ul.negotiation import (
     MIN_PEER_MAX_LENGTH,
     ProposedContext,
@@ -23,7 +27,7 @@ from dicom_node.ul.negotiation import (
 )
 from dicom_node.ul.pdu import COMMAND, PduReader, PduType
 from tests.conftest import DicomFactory
-from tests.support.node import CT_IMAGE, Node, start_node
+from tests.support.node import CT_IMAGE, associate, context_for, data_set_bytes, start_node
 from tests.support.peers import LOCALHOST, storescu
 
 pytestmark = pytest.mark.peers
@@ -43,7 +47,7 @@ def _request(*, max_length: int = 0, calling_ae: bytes = b"RAWSCU") -> bytes:
     return bytes(pdu)
 
 
-def _answer(port: int, request: bytes) -> tuple[int, bytes]:
+def _answer(port: int, request: bytes) -> tuple[int, bytes | memoryview]:
     with socket.create_connection((LOCALHOST, port), timeout=10) as sock:
         sock.sendall(request)
         return PduReader(sock, timeout=10).read()
@@ -114,3 +118,48 @@ def test_control_characters_in_an_application_context_name_are_escaped() -> None
         "1.2.840.10008.3.1.1.1\\r\\nINFO forged"
     )
     assert escaped("CT_SCANNER") == "CT_SCANNER"
+
+
+def test_a_sop_instance_uid_reused_in_another_study_is_refused_and_quarantined(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    first = dicom_factory.dataset()
+    reused = dicom_factory.dataset()  # another study and series
+    reused.SOPInstanceUID = reused.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    first_path = dicom_factory.save(first, ExplicitVRLittleEndian)
+    reused_path = dicom_factory.save(reused, ExplicitVRLittleEndian)
+    with start_node(tmp_path / "data") as node:
+        assoc = associate(node.port, [(CT_IMAGE, ExplicitVRLittleEndian)])
+        context = context_for(assoc, CT_IMAGE)
+        statuses = []
+        try:
+            for number, path in enumerate((first_path, reused_path, first_path), start=1):
+                data = data_set_bytes(path)
+                response = assoc.store(
+                    context,
+                    message_id=number,
+                    sop_class_uid=CT_IMAGE,
+                    sop_instance_uid=str(first.SOPInstanceUID),
+                    data_set=data,
+                    size=len(data),
+                )
+                statuses.append((response.status, response.error_comment))
+        finally:
+            assoc.release()
+
+        assert statuses == [
+            (Status.SUCCESS, ""),
+            (Status.CANNOT_UNDERSTAND, "SOP Instance UID already used in another series"),
+            (Status.SUCCESS, ""),  # the first series sending it again: a re-send
+        ]
+        node.recorder.flush()
+        (stored,) = node.ledger.series_instances(str(first.SeriesInstanceUID))
+        assert stored.receive_count == 2
+        assert pydicom.dcmread(stored.path).StudyInstanceUID == first.StudyInstanceUID
+        assert node.ledger.series_instances(str(reused.SeriesInstanceUID)) == []
+        (conflict,) = node.ledger.quarantined()
+        assert conflict.stage == "identity"
+        assert f"already stored in study/series {first.StudyInstanceUID}/" in conflict.reason
+        (folder,) = node.settings.quarantine_dir.iterdir()
+        assert (folder / "instance.dcm").read_bytes().endswith(data_set_bytes(reused_path))
+        _still_serves(node, dicom_factory)

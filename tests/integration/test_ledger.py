@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -252,3 +253,62 @@ def test_studies_track_their_series_and_the_arrival_of_the_newest(ledger: Ledger
         "1.2.3.2",
         "1.2.3.4",
     ]
+
+
+def test_a_sop_instance_uid_reused_in_another_study_is_kept_apart_never_mixed(
+    ledger: Ledger,
+) -> None:
+    first = instance("1.9.1", series="1.2.3.2")
+    reused = dataclasses.replace(
+        instance("1.9.1", series="1.2.4.2"), study_instance_uid="1.2.4.1", path="/spool/other.dcm"
+    )
+    neighbour = dataclasses.replace(
+        instance("1.9.2", series="1.2.4.2"), study_instance_uid="1.2.4.1"
+    )
+
+    ledger.record_instances([first])
+    ledger.record_instances([reused, neighbour])
+
+    assert [(i.sop_instance_uid, i.path) for i in ledger.series_instances("1.2.3.2")] == [
+        ("1.9.1", "/spool/1.9.1.dcm")
+    ]
+    assert [i.sop_instance_uid for i in ledger.series_instances("1.2.4.2")] == ["1.9.2"]
+    (conflict,) = ledger.quarantined()
+    assert (conflict.stage, conflict.path, conflict.series_uid) == (
+        "identity",
+        "/spool/other.dcm",
+        "1.2.4.2",
+    )
+    assert "already received in study 1.2.3.1, series 1.2.3.2" in conflict.reason
+
+
+def test_a_series_instance_uid_reused_in_another_study_is_kept_apart(ledger: Ledger) -> None:
+    ledger.record_instances([instance("1.9.1", series="1.2.3.2")])
+    intruder = dataclasses.replace(instance("1.9.2", series="1.2.3.2"), study_instance_uid="1.7")
+
+    ledger.record_instances([intruder])
+
+    assert [i.sop_instance_uid for i in ledger.series_instances("1.2.3.2")] == ["1.9.1"]
+    (conflict,) = ledger.quarantined()
+    assert "Series Instance UID 1.2.3.2 already belongs to study 1.2.3.1" in conflict.reason
+
+
+def test_an_instance_sent_again_to_its_own_series_is_a_resend_not_a_conflict(
+    ledger: Ledger,
+) -> None:
+    ledger.record_instances([instance("1.9.1")])
+    ledger.record_instances([dataclasses.replace(instance("1.9.1"), path="/spool/again.dcm")])
+
+    (stored,) = ledger.series_instances("1.2.3.2")
+    assert (stored.receive_count, stored.path) == (2, "/spool/again.dcm")
+    assert ledger.quarantined() == []
+
+
+def test_an_identity_conflict_recorded_again_stays_one_quarantine_record(ledger: Ledger) -> None:
+    ledger.record_instances([instance("1.9.1", series="1.2.3.2")])
+    reused = dataclasses.replace(instance("1.9.1", series="1.2.3.5"), path="/spool/other.dcm")
+
+    ledger.record_instances([reused])
+    ledger.record_instances([reused])  # as the start-up recovery does after a restart
+
+    assert len(ledger.quarantined()) == 1
