@@ -155,6 +155,10 @@ class NodeSettings(_Section):
     dimse_timeout_seconds: PositiveSeconds = 60.0
     #: An association idle this long between messages is aborted.
     network_timeout_seconds: PositiveSeconds = 60.0
+    #: Largest instance the node takes, as received and, for the deflated transfer
+    #: syntaxes, as inflated (a few MB of deflate can inflate to GBs). Larger ones are
+    #: refused (Cannot Understand) and quarantined: the error, and the bytes up to the limit.
+    max_instance_bytes: Annotated[int, Field(ge=1024 * 1024)] = 2 * 1024**3
     #: Refuse new instances (Out of Resources) when less than this is free on the spool disk.
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 512
     #: Processes receiving associations in parallel, each on its own core; 0 receives in

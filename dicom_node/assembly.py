@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from core.errors import TransientError
@@ -46,6 +45,7 @@ from core.periodic import Periodic
 from core.queue import JobQueue
 from core.routing_rules import RouteSettings
 from core.settings import CompletionSettings
+from dicom_node.header import read_stored_header
 from dicom_node.recorder import IngestRecorder
 from dicom_node.routing import Arrival, Router, matches_conditions
 
@@ -316,7 +316,7 @@ class CompletionWatcher:
             )
             return None
         try:
-            return dcmread(Path(instances[0].path), stop_before_pixels=True)
+            return read_stored_header(Path(instances[0].path))
         except Exception as exc:  # noqa: BLE001 -- any unreadable header fails the series
             reason = f"cannot read the first instance's header: {type(exc).__name__}: {exc}"
             logger.warning("series %s: %s", series.series_instance_uid, reason)

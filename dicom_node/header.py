@@ -9,11 +9,16 @@ here: the UIDs are checked by :func:`check_uid` with our own, path-safe rules.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from pydicom.filereader import read_partial
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
 from pydicom.tag import BaseTag, Tag
 
 from core.errors import InvalidInputError
@@ -23,6 +28,7 @@ _SOP_INSTANCE = Tag(0x0008, 0x0018)
 _MODALITY = Tag(0x0008, 0x0060)
 _STUDY = Tag(0x0020, 0x000D)
 _SERIES = Tag(0x0020, 0x000E)
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _WANTED = [_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES]
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a component,
@@ -98,3 +104,80 @@ def _raw_text(dataset: Any, tag: BaseTag) -> str:
         # UI values are padded with NUL, CS with space (PS3.5 6.2).
         return value.rstrip(b"\x00 ").lstrip(b" ").decode("ascii", errors="replace")
     return "" if value is None else str(value).strip()
+
+
+#: Transfer syntaxes whose data set is deflated (PS3.5 A.5): Deflated Explicit VR Little
+#: Endian, JPIP Referenced Deflate, JPIP HTJ2K Referenced Deflate.
+_DEFLATED = frozenset(
+    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
+)
+#: At most this much of a deflated data set is inflated to read its header.
+HEADER_INFLATE_LIMIT = 16 * 1024 * 1024
+_READ_CHUNK = 256 * 1024
+
+
+def read_stored_header(path: Path) -> Dataset:
+    """The data set of a spooled instance up to its pixel data, in bounded memory.
+
+    pydicom inflates a deflated file whole before parsing it, so one small deflated
+    instance could take gigabytes when its series completes; here at most
+    :data:`HEADER_INFLATE_LIMIT` bytes are inflated. Pixel data is never read.
+
+    Raises:
+        InvalidInputError: the file cannot be parsed, or its header alone inflates past
+            the limit.
+    """
+    try:
+        meta = read_file_meta_info(path)
+        if str(meta.get("TransferSyntaxUID", "")) not in _DEFLATED:
+            return dcmread(path, stop_before_pixels=True, defer_size="64 KB")
+        with path.open("rb") as file:
+            file.seek(_data_set_offset(file))
+            inflated = _inflate_bounded(file)
+        dataset = read_dataset(
+            BytesIO(inflated),
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=_at_pixel_data,
+        )
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # pydicom and zlib raise many types for malformed input
+        raise InvalidInputError(
+            f"{path.name}: the header cannot be read: {type(exc).__name__}: {exc}",
+            stage="header",
+        ) from exc
+    dataset.file_meta = meta
+    return dataset
+
+
+def _data_set_offset(file: BinaryIO) -> int:
+    """Where the data set starts: after preamble, prefix and file meta (PS3.10 7.1)."""
+    file.seek(132)
+    header = file.read(12)
+    group, element, vr, length = struct.unpack("<HH2sH", header[:8])
+    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
+        raise InvalidInputError(
+            "the file meta has no File Meta Information Group Length (0002,0000)",
+            stage="header",
+        )
+    return 132 + 12 + int(struct.unpack("<I", header[8:12])[0])
+
+
+def _inflate_bounded(file: BinaryIO) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    while len(out) < HEADER_INFLATE_LIMIT and not inflater.eof:
+        pending = inflater.unconsumed_tail or file.read(_READ_CHUNK)
+        if not pending:
+            break
+        out += inflater.decompress(pending, HEADER_INFLATE_LIMIT + 1 - len(out))
+    if len(out) > HEADER_INFLATE_LIMIT:
+        # Parse what fits: the header normally ends long before; a header that does not
+        # fit fails in the parser as truncated.
+        del out[HEADER_INFLATE_LIMIT:]
+    return bytes(out)
+
+
+def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return bool(tag >= _PIXEL_DATA)

@@ -74,6 +74,8 @@ class InstanceStore:
     quarantine: Quarantine
     outcomes: Outcomes
     called_ae: str
+    #: ``node.max_instance_bytes``; 0: no limit.
+    max_instance_bytes: int = 0
 
 
 class IncomingInstance:
@@ -94,7 +96,7 @@ class IncomingInstance:
         self._transfer_syntax = transfer_syntax
         self._peer = peer
         self.received_at = time.time()
-        self._scanner = DataSetScanner(transfer_syntax)
+        self._scanner = DataSetScanner(transfer_syntax, max_bytes=store.max_instance_bytes)
         self._write = store.spool.begin(
             file_meta(
                 sop_class_uid=command.affected_sop_class_uid,
@@ -105,8 +107,12 @@ class IncomingInstance:
         )
 
     def write(self, fragment: memoryview) -> None:
-        self._write.write(fragment)
-        self._scanner.feed(fragment)
+        scanner = self._scanner
+        scanner.feed(fragment)
+        # Past the limit the rest is read from the network but not kept: what is
+        # quarantined is the instance up to the limit.
+        if not scanner.over_limit:
+            self._write.write(fragment)
 
     def discard(self) -> None:
         """The association ended before the last fragment: keep nothing."""

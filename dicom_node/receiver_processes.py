@@ -236,6 +236,7 @@ def _receiver_main(  # noqa: PLR0917 -- multiprocessing passes positional argume
         quarantine=Quarantine(spec.quarantine_root),
         outcomes=outcomes,
         called_ae=settings.ae_title,
+        max_instance_bytes=settings.max_instance_bytes,
     )
     acceptor = Acceptor(
         settings=settings,

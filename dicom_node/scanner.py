@@ -9,8 +9,9 @@ whether the data set is well formed: every element's length fits the data that f
 and its enclosing item, every sequence and item of undefined length is closed, nothing
 is cut off. Values are never decoded or converted, so nothing is logged about them.
 
-Deflated transfer syntaxes (PS3.5 A.5) are inflated on the fly for the walk; the bytes
-stored are the ones received.
+Deflated transfer syntaxes (PS3.5 A.5) are inflated on the fly for the walk, a bounded
+piece at a time, and the inflated size is capped (``max_bytes``): a small deflate bomb is
+refused without ever being held inflated. The bytes stored are the ones received.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _MODALITY = 0x00080060
 _STUDY = 0x0020000D
 _SERIES = 0x0020000E
 _WANTED = frozenset({_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES})
+#: Inflated bytes walked at a time for the deflated syntaxes.
+_INFLATE_PIECE = 1024 * 1024
 #: Longer identity values are invalid anyway (UIDs have at most 64 characters).
 _MAX_CAPTURE = 1024
 
@@ -131,7 +134,7 @@ class DataSetScanner:
         UnknownTransferSyntaxError: from the constructor, for a syntax we do not know.
     """
 
-    def __init__(self, transfer_syntax: str) -> None:
+    def __init__(self, transfer_syntax: str, *, max_bytes: int = 0) -> None:
         if transfer_syntax not in KNOWN_TRANSFER_SYNTAXES:
             raise UnknownTransferSyntaxError(f"unknown transfer syntax {transfer_syntax}")
         self.transfer_syntax = transfer_syntax
@@ -142,6 +145,9 @@ class DataSetScanner:
         )
         #: Bytes received (as stored, before any inflation).
         self.size = 0
+        #: Largest data set accepted, as received and as inflated; 0: no limit.
+        self.max_bytes = max_bytes
+        self._inflated = 0
         self._position = 0
         self._skip = 0
         self._element_tag = 0
@@ -165,16 +171,42 @@ class DataSetScanner:
         if self._error is not None:
             return
         try:
-            if self._inflater is not None:
-                try:
-                    data = self._inflater.decompress(data)
-                except zlib.error as exc:
-                    raise _MalformedError(
-                        f"the deflated data set cannot be inflated: {exc}"
-                    ) from exc
-            self._scan(data)
+            self._check_size()
+            if self._inflater is None:
+                self._scan(data)
+            else:
+                self._inflate(data)
         except _MalformedError as exc:
             self._error = str(exc)
+
+    def _check_size(self) -> None:
+        if self.over_limit:
+            raise _MalformedError(
+                f"the data set is larger than node.max_instance_bytes ({self.max_bytes})"
+            )
+
+    @property
+    def over_limit(self) -> bool:
+        """Whether the data set went past ``max_bytes`` (its rest need not be kept)."""
+        return bool(self.max_bytes) and self.size > self.max_bytes
+
+    def _inflate(self, data: bytes | memoryview) -> None:
+        """Inflate and walk ``data`` a bounded piece at a time (memory: one piece)."""
+        assert self._inflater is not None
+        pending: bytes | memoryview = data
+        while pending:
+            try:
+                piece = self._inflater.decompress(pending, _INFLATE_PIECE)
+            except zlib.error as exc:
+                raise _MalformedError(f"the deflated data set cannot be inflated: {exc}") from exc
+            self._inflated += len(piece)
+            if self.max_bytes and self._inflated > self.max_bytes:
+                raise _MalformedError(
+                    "the deflated data set inflates beyond node.max_instance_bytes "
+                    f"({self.max_bytes}) from {self.size} bytes received"
+                )
+            self._scan(piece)
+            pending = self._inflater.unconsumed_tail
 
     def identity(self) -> InstanceIdentity:
         """The instance's identity, once the whole data set has been fed.

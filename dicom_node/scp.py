@@ -190,6 +190,7 @@ class StorageSCP:
                 quarantine=self.quarantine,
                 outcomes=_LocalOutcomes(self._dispatch),
                 called_ae=self.settings.ae_title,
+                max_instance_bytes=self.settings.max_instance_bytes,
             ),
             access=AccessPolicy(self.settings.allowed_callers),
             slots=LocalSlots(self.settings.max_associations),

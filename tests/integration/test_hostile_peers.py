@@ -7,12 +7,13 @@ storescu is still served afterwards.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from core.logs import TextFormatter
 from dicom_node.acceptor import MAX_COMMAND_SET_BYTES
@@ -27,6 +28,7 @@ from dicom_node.ul.negotiation import (
 )
 from dicom_node.ul.pdu import COMMAND, PduReader, PduType
 from tests.conftest import DicomFactory
+from tests.support.hostile import deflate_bomb
 from tests.support.node import CT_IMAGE, associate, context_for, data_set_bytes, start_node
 from tests.support.peers import LOCALHOST, storescu
 
@@ -162,4 +164,54 @@ def test_a_sop_instance_uid_reused_in_another_study_is_refused_and_quarantined(
         assert f"already stored in study/series {first.StudyInstanceUID}/" in conflict.reason
         (folder,) = node.settings.quarantine_dir.iterdir()
         assert (folder / "instance.dcm").read_bytes().endswith(data_set_bytes(reused_path))
+        _still_serves(node, dicom_factory)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc), such as the node's receiving processes."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return [pid, *(p for child in children for p in _process_tree(child))]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The high-water mark of a process's resident memory (Linux VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def test_a_deflate_bomb_is_refused_and_quarantined_within_the_memory_bound(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    ds, deflated = deflate_bomb(512)
+    limit = 64 * 1024 * 1024
+    with start_node(tmp_path / "data", max_instance_bytes=limit, receiver_processes=1) as node:
+        tree = _process_tree(os.getpid())
+        before = {pid: _peak_rss_mib(pid) for pid in tree}
+        assoc = associate(node.port, [(CT_IMAGE, DeflatedExplicitVRLittleEndian)])
+        try:
+            response = assoc.store(
+                context_for(assoc, CT_IMAGE),
+                message_id=1,
+                sop_class_uid=CT_IMAGE,
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                data_set=deflated,
+                size=len(deflated),
+            )
+        finally:
+            assoc.release()
+
+        assert response.status == Status.CANNOT_UNDERSTAND
+        assert "inflates beyond node.max_instance_bytes" in response.error_comment
+        grown = max(_peak_rss_mib(pid) - before[pid] for pid in tree)
+        assert grown < 48, f"a process's peak memory grew {grown:.0f} MiB"
+        node.recorder.flush()
+        assert node.ledger.count_instances() == 0
+        (folder,) = node.settings.quarantine_dir.iterdir()
+        assert (folder / "instance.dcm").stat().st_size < 2 * len(deflated)
         _still_serves(node, dicom_factory)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom import config
@@ -17,7 +19,14 @@ from pydicom.uid import (
 )
 
 from core.errors import InvalidInputError
-from dicom_node.header import check_uid, read_identity
+from dicom_node.header import (
+    HEADER_INFLATE_LIMIT,
+    check_uid,
+    read_identity,
+    read_stored_header,
+)
+from dicom_node.incoming import file_meta
+from tests.support.hostile import deflate_bomb
 
 
 def encode(transfer_syntax: str = ExplicitVRLittleEndian, **overrides: str) -> bytes:
@@ -88,3 +97,29 @@ def test_valid_uids_pass(uid: str) -> None:
 def test_invalid_uids_are_named(uid: str) -> None:
     with pytest.raises(InvalidInputError, match="x "):
         check_uid(uid, "x")
+
+
+def test_a_stored_deflated_header_is_read_without_inflating_its_pixel_data(
+    tmp_path: Path,
+) -> None:
+    ds, deflated = deflate_bomb(256)
+    meta = file_meta(
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        transfer_syntax_uid=DeflatedExplicitVRLittleEndian,
+        source_ae="TEST",
+    )
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(meta + deflated)
+
+    tracemalloc.start()
+    try:
+        header = read_stored_header(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (header.SOPInstanceUID, header.Rows) == (ds.SOPInstanceUID, 1024)
+    assert "PixelData" not in header
+    assert header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert peak < 4 * HEADER_INFLATE_LIMIT, f"{peak / 2**20:.0f} MiB for a 256 MiB bomb"
