@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -39,20 +40,34 @@ class Quarantine:
         entry: QuarantineEntry,
         *,
         data: bytes | memoryview | None = None,
+        source: Path | None = None,
         quarantine_id: str | None = None,
     ) -> Path:
-        """Keep ``data`` (if any) and ``error.json`` under a new folder; return the folder.
+        """Keep ``data`` or a copy of the file ``source`` (if any) and ``error.json`` under
+        a new folder; return the folder.
 
-        Written with fsync: quarantined data is data we promised not to lose.
+        Written with fsync: quarantined data is data we promised not to lose. ``source``
+        is copied by the kernel (``copy_file_range``/``sendfile``), never read into memory:
+        a 1 GB malformed instance costs no 1 GB of RAM to keep.
         """
         qid = quarantine_id or uuid.uuid4().hex
         folder = self.root / qid
         folder.mkdir(parents=True, exist_ok=True)
         if data is not None:
             _write_durably(folder / "instance.dcm", bytes(data))
+        elif source is not None:
+            _copy_durably(source, folder / "instance.dcm")
         record = {"quarantine_id": qid, "at": time.time(), **asdict(entry)}
         _write_durably(folder / "error.json", json.dumps(record, indent=2, sort_keys=True).encode())
         return folder
+
+
+def _copy_durably(source: Path, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".part")
+    shutil.copyfile(source, temporary)
+    with temporary.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

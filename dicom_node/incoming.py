@@ -240,7 +240,7 @@ class IncomingInstance:
     def _keep(self, entry: QuarantineEntry) -> None:
         """Quarantine the received bytes with ``entry``'s reason (best effort, logged)."""
         try:
-            folder = self._store.quarantine.put(entry, data=self._write.read_back())
+            folder = self._store.quarantine.put(entry, source=self._write.written_file())
         except Exception:
             logger.exception("could not quarantine a rejected instance from %s", self._peer)
             return

@@ -33,7 +33,7 @@ dies its unfinished writes can be told apart from those of its siblings.
 """
 
 # The hot path works on str paths with os functions: pathlib cost ~8 % of receiving CPU.
-# ruff: noqa: PTH103, PTH105, PTH108, PTH110, PTH112, PTH115, PTH120, PTH123, PTH211
+# ruff: noqa: PTH103, PTH105, PTH108, PTH110, PTH112, PTH115, PTH120, PTH211
 
 from __future__ import annotations
 
@@ -316,12 +316,10 @@ class SpoolWrite:
             _start_writeback(fd, self._synced_to, self.size - self._synced_to)
             self._synced_to = self.size
 
-    def read_back(self) -> bytes:
-        """What was written so far (for quarantine); empty after a failure or discard."""
-        if self._fd is None:
-            return b""
-        with open(self.path, "rb") as stream:
-            return stream.read()
+    def written_file(self) -> Path | None:
+        """The temporary file holding what was written so far (to quarantine it), or
+        ``None`` after a failure, a commit or a discard."""
+        return None if self._fd is None else Path(self.path)
 
     def commit(self, identity: InstanceIdentity) -> SpooledInstance:
         """Make the instance durable under ``identity``'s path (see the module docstring).

@@ -215,3 +215,39 @@ def test_a_deflate_bomb_is_refused_and_quarantined_within_the_memory_bound(
         (folder,) = node.settings.quarantine_dir.iterdir()
         assert (folder / "instance.dcm").stat().st_size < 2 * len(deflated)
         _still_serves(node, dicom_factory)
+
+
+def test_a_large_malformed_instance_is_quarantined_without_being_read_into_memory(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    good_path = dicom_factory.image(size=16)
+    good = data_set_bytes(good_path)
+    # A Pixel Data element announcing more bytes than follow: 128 MiB of them.
+    start = good.index(b"\xe0\x7f\x10\x00")
+    sent = 128 * 1024 * 1024
+    header = good[:start] + b"\xe0\x7f\x10\x00OW\x00\x00" + (sent + 1000).to_bytes(4, "little")
+    data = header + bytes(sent)
+    sop_instance_uid = str(pydicom.dcmread(good_path).SOPInstanceUID)
+    with start_node(tmp_path / "data", receiver_processes=1) as node:
+        receivers = _process_tree(os.getpid())[1:]
+        before = {pid: _peak_rss_mib(pid) for pid in receivers}
+        assoc = associate(node.port, [(CT_IMAGE, ExplicitVRLittleEndian)])
+        try:
+            response = assoc.store(
+                context_for(assoc, CT_IMAGE),
+                message_id=1,
+                sop_class_uid=CT_IMAGE,
+                sop_instance_uid=sop_instance_uid,
+                data_set=data,
+                size=len(data),
+            )
+        finally:
+            assoc.release()
+
+        assert response.status == Status.CANNOT_UNDERSTAND
+        assert "ends inside element (7FE0,0010)" in response.error_comment
+        grown = max(_peak_rss_mib(pid) - before[pid] for pid in receivers)
+        assert grown < 48, f"a receiving process's peak memory grew {grown:.0f} MiB"
+        (folder,) = node.settings.quarantine_dir.iterdir()
+        assert (folder / "instance.dcm").stat().st_size > sent
+        _still_serves(node, dicom_factory)
