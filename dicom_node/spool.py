@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: Start writing back to disk every this many bytes written (when fsync is on).
 WRITEBACK_CHUNK = 256 * 1024
+#: Check the free-space reserve every this many bytes of one instance written.
+RESERVE_CHECK_BYTES = 1024 * 1024
 #: Marks a temporary file as complete; its value is the file's size in bytes.
 COMPLETE_XATTR = "user.pacs_ai.complete"
 
@@ -279,7 +281,7 @@ class SpoolWrite:
     :meth:`commit` raises it. :meth:`discard` removes everything; both are final.
     """
 
-    __slots__ = ("_fd", "_synced_to", "error", "path", "size", "spool")
+    __slots__ = ("_checked_to", "_fd", "_synced_to", "error", "path", "size", "spool")
 
     def __init__(self, spool: Spool, prefix: bytes) -> None:
         self.spool = spool
@@ -287,6 +289,7 @@ class SpoolWrite:
         self.error: OSError | None = None
         self._fd: int | None = None
         self._synced_to = 0
+        self._checked_to = 0
         self.path = spool.temporary_path()
         if spool.min_free_bytes and not spool.has_room(0):
             self.error = _below_reserve(spool)
@@ -312,7 +315,16 @@ class SpoolWrite:
             self._remove()
             return
         self.size += len(data)
-        if self.spool.fsync and self.size - self._synced_to >= WRITEBACK_CHUNK:
+        spool = self.spool
+        if spool.min_free_bytes and self.size - self._checked_to >= RESERVE_CHECK_BYTES:
+            # One large instance must not eat the reserve that the ledger, the results and
+            # every other write count on: checked as it grows, not only when it started.
+            self._checked_to = self.size
+            if not spool.has_room(0):
+                self.error = _below_reserve(spool)
+                self._remove()
+                return
+        if spool.fsync and self.size - self._synced_to >= WRITEBACK_CHUNK:
             _start_writeback(fd, self._synced_to, self.size - self._synced_to)
             self._synced_to = self.size
 

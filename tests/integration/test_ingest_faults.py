@@ -18,7 +18,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicom_node.header import InstanceIdentity
 from dicom_node.node import Node
+from dicom_node.spool import RESERVE_CHECK_BYTES, Spool, SpoolFullError
 from dicom_node.status import Status
 from tests.conftest import DicomFactory
 from tests.support.node import (
@@ -210,3 +212,30 @@ def test_a_full_disk_is_answered_out_of_resources_with_nothing_half_written_and_
         assert node.ledger.count_instances() == len(paths)
         series = node.ledger.get_series(str(pydicom.dcmread(paths[0]).SeriesInstanceUID))
         assert (series.instance_count, series.resent_count) == (len(paths), len(stored))
+
+
+def test_a_large_instance_stops_at_the_free_space_reserve_and_leaves_nothing_behind(
+    small_disk: Path,
+) -> None:
+    subprocess.run(["mount", "-o", "remount,size=16M", str(small_disk)], check=True)
+    reserve = 8 * 1024 * 1024
+    spool = Spool(small_disk, min_free_bytes=reserve)
+    write = spool.begin(b"")
+    lowest = shutil.disk_usage(small_disk).free
+    for _ in range(12):  # 12 MiB: more than the 8 MiB above the reserve
+        write.write(bytes(1024 * 1024))
+        lowest = min(lowest, shutil.disk_usage(small_disk).free)
+
+    assert isinstance(write.error, SpoolFullError)
+    assert lowest >= reserve - 2 * RESERVE_CHECK_BYTES
+    assert list((small_disk / ".incoming").iterdir()) == []
+    with pytest.raises(SpoolFullError, match="free-space reserve"):
+        write.commit(
+            InstanceIdentity(
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                sop_instance_uid="1.2.3.4",
+                study_instance_uid="1.2.3",
+                series_instance_uid="1.2.3.1",
+                modality="CT",
+            )
+        )
