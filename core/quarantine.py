@@ -4,6 +4,13 @@ Every quarantined item is a folder ``quarantine/<id>/`` holding the data as rece
 for a failed job, nothing more than a pointer to its series in the spool, which stays put)
 and ``error.json``: stage, error type, message, attempts, UIDs, time. The ledger records
 the same, so operators find it from the dashboard or ``pacs-ai status``.
+
+Bounded: the bytes of a refused instance are kept only while the quarantine holds less
+than its quota (``node.quarantine_max_mb``) and the disk keeps its free-space reserve
+(``node.min_free_disk_mb``); otherwise only ``error.json`` is written, saying why the
+bytes were not kept (the sender still has them: it was answered a failure). A sender of
+bad data can thus never fill the disk that good data needs. Retention removes the kept
+bytes after ``retention.quarantine_days``.
 """
 
 from __future__ import annotations
@@ -30,10 +37,44 @@ class QuarantineEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: How long the quarantine's measured size is trusted before it is measured again (other
+#: processes add to it too).
+_USAGE_TTL_SECONDS = 10.0
+#: What a kept instance's bytes are called in its folder.
+INSTANCE_FILE = "instance.dcm"
+
+
 class Quarantine:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_bytes: int = 0, min_free_bytes: int = 0) -> None:
+        """``max_bytes``: quota for kept instance bytes (0: none); ``min_free_bytes``: the
+        disk's free-space reserve that keeping bytes must leave."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._usage = 0
+        self._measured_at = float("-inf")
+
+    def usage(self) -> int:
+        """Bytes of instances kept in the quarantine (measured at most every 10 s)."""
+        now = time.monotonic()
+        if now - self._measured_at > _USAGE_TTL_SECONDS:
+            self._usage = sum(path.stat().st_size for path in self.root.glob(f"*/{INSTANCE_FILE}"))
+            self._measured_at = now
+        return self._usage
+
+    def _why_not_kept(self, size: int) -> str | None:
+        if self.max_bytes and self.usage() + size > self.max_bytes:
+            return (
+                f"the instance's {size} bytes were not kept: the quarantine is at its quota "
+                f"(node.quarantine_max_mb, {self.max_bytes // 2**20} MiB)"
+            )
+        if self.min_free_bytes and shutil.disk_usage(self.root).free - size < self.min_free_bytes:
+            return (
+                f"the instance's {size} bytes were not kept: the disk would fall below its "
+                f"free-space reserve (node.min_free_disk_mb, {self.min_free_bytes // 2**20} MiB)"
+            )
+        return None
 
     def put(
         self,
@@ -53,11 +94,16 @@ class Quarantine:
         qid = quarantine_id or uuid.uuid4().hex
         folder = self.root / qid
         folder.mkdir(parents=True, exist_ok=True)
-        if data is not None:
-            _write_durably(folder / "instance.dcm", bytes(data))
-        elif source is not None:
-            _copy_durably(source, folder / "instance.dcm")
+        size = len(data) if data is not None else source.stat().st_size if source else 0
+        not_kept = self._why_not_kept(size) if size else None
+        if not_kept is None and data is not None:
+            _write_durably(folder / INSTANCE_FILE, bytes(data))
+        elif not_kept is None and source is not None:
+            _copy_durably(source, folder / INSTANCE_FILE)
+        self._usage += 0 if not_kept else size
         record = {"quarantine_id": qid, "at": time.time(), **asdict(entry)}
+        if not_kept is not None:
+            record["not_kept"] = not_kept
         _write_durably(folder / "error.json", json.dumps(record, indent=2, sort_keys=True).encode())
         return folder
 

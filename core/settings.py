@@ -159,6 +159,9 @@ class NodeSettings(_Section):
     #: syntaxes, as inflated (a few MB of deflate can inflate to GBs). Larger ones are
     #: refused (Cannot Understand) and quarantined: the error, and the bytes up to the limit.
     max_instance_bytes: Annotated[int, Field(ge=1024 * 1024)] = 2 * 1024**3
+    #: Quota for the bytes of refused instances kept in quarantine; past it (or past the
+    #: free-space reserve) only the reason is kept, never the bytes.
+    quarantine_max_mb: Annotated[int, Field(ge=0)] = 1024
     #: Refuse new instances (Out of Resources) when less than this is free on the spool disk.
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 512
     #: Processes receiving associations in parallel, each on its own core; 0 receives in
@@ -256,6 +259,9 @@ class RetentionSettings(_Section):
     done_days: Annotated[float, Field(ge=0)] = 30.0
     #: Remove unrouted series after this long, when ``routing.unrouted`` is ``discard``.
     unrouted_days: Annotated[float, Field(ge=0)] = 7.0
+    #: Remove the bytes of instances refused at the door (kept in quarantine) after this
+    #: long; their reason (error.json, the ledger row) stays.
+    quarantine_days: Annotated[float, Field(ge=0)] = 30.0
     sweep_interval_seconds: PositiveSeconds = 3600.0
 
 

@@ -1,7 +1,8 @@
 """The DICOM node service: listener, ledger recorder and completion watcher together.
 
 ``pacs-ai serve`` runs one :class:`Node`. It never imports a framework: models are known
-by their manifests only (to check that routes name installed models).
+by their manifests only (to check that routes name installed models, and what each model
+accepts, so that a series it cannot take is recorded NOT_APPLICABLE without queueing).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dicom_node.recorder import IngestRecorder, register_unrecorded
 from dicom_node.routing import Router
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
+from models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,15 @@ def check_routes_against_models(settings: Settings, model_ids: list[str]) -> Non
         raise ConfigError("configuration", problems)
 
 
+def installed_models(settings: Settings) -> ModelRegistry:
+    """The model packages of ``model_dirs`` (manifests only; weights are the workers').
+
+    Raises:
+        ConfigError: a package's manifest is invalid.
+    """
+    return ModelRegistry.discover(settings.model_dirs, check_weights=False)
+
+
 class Node:
     """Everything ``pacs-ai serve`` runs, started and stopped as one."""
 
@@ -50,7 +61,11 @@ class Node:
             fsync=settings.node.fsync,
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
         )
-        self.quarantine = Quarantine(settings.quarantine_dir)
+        self.quarantine = Quarantine(
+            settings.quarantine_dir,
+            max_bytes=settings.node.quarantine_max_mb * 1024 * 1024,
+            min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
+        )
         self.recorder = IngestRecorder(self.ledger)
         self.celery = make_celery(settings)
         self.scp = StorageSCP(
@@ -71,6 +86,7 @@ class Node:
             recorder=self.recorder,
             router=Router(settings.routes, mode=settings.routing.mode),
             queue=JobQueue(self.celery),
+            manifests={p.id: p.manifest for p in installed_models(settings)},
         )
 
     @property

@@ -233,7 +233,11 @@ def _receiver_main(  # noqa: PLR0917 -- multiprocessing passes positional argume
     outcomes = _RemoteOutcomes(events)
     store = InstanceStore(
         spool=spool,
-        quarantine=Quarantine(spec.quarantine_root),
+        quarantine=Quarantine(
+            spec.quarantine_root,
+            max_bytes=settings.quarantine_max_mb * 1024 * 1024,
+            min_free_bytes=spec.min_free_bytes,
+        ),
         outcomes=outcomes,
         called_ae=settings.ae_title,
         max_instance_bytes=settings.max_instance_bytes,

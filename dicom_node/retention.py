@@ -2,17 +2,23 @@
 
 Every ``retention.sweep_interval_seconds`` the node removes the spool folder of
 
-* a series whose jobs all ended DONE, and whose forwarded originals were all sent, more
-  than ``retention.done_days`` ago (and the results those jobs wrote);
+* a series whose jobs all ended DONE (or NOT_APPLICABLE: the model was not to run on it),
+  and whose forwarded originals were all sent, more than ``retention.done_days`` ago (and
+  the results those jobs wrote);
 * an UNROUTED or DISCARDED series older than ``retention.unrouted_days``, when
   ``routing.unrouted`` is ``discard``.
 
 A series with a FAILED job, anything in quarantine, and anything still in flight are
 never removed: they wait for an operator. Removed series stay in the ledger as PURGED.
+
+The bytes of instances refused at the door (quarantined by the receivers: malformed,
+too large, reusing another series' UIDs) are removed ``retention.quarantine_days`` after
+they arrived; their ``error.json`` and ledger row stay, so the refusal remains on record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -23,11 +29,14 @@ from core.jobs import JobState, SeriesRecord, SeriesState
 from core.ledger import Ledger
 from core.outbox import DeliveryState, Outbox
 from core.periodic import Periodic
+from core.quarantine import INSTANCE_FILE
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _DAY = 86_400.0
+#: Quarantine stages of instances refused at the door (see the module docstring).
+_DOOR_STAGES = frozenset({"receive", "identity"})
 
 
 class RetentionSweeper:
@@ -65,11 +74,28 @@ class RetentionSweeper:
                 limit=10_000,
             ):
                 removed.append(self._remove(series, "unrouted, routing.unrouted is discard"))
+        self._expire_refused_instances(before=now - retention.quarantine_days * _DAY)
         return removed
+
+    def _expire_refused_instances(self, *, before: float) -> None:
+        for kept in self.settings.quarantine_dir.glob(f"*/{INSTANCE_FILE}"):
+            error_file = kept.parent / "error.json"
+            try:
+                record = json.loads(error_file.read_text())
+            except (OSError, ValueError):
+                continue  # not one of ours, or being written: leave it alone
+            if record.get("stage") not in _DOOR_STAGES or float(record.get("at", 0.0)) >= before:
+                continue
+            kept.unlink(missing_ok=True)
+            record["not_kept"] = "the instance's bytes were removed by retention.quarantine_days"
+            error_file.write_text(json.dumps(record, indent=2, sort_keys=True))
+            logger.info("retention removed the bytes of refused instance %s", kept.parent.name)
 
     def _finished(self, series: SeriesRecord, *, before: float) -> bool:
         jobs = self.ledger.jobs(series_uid=series.series_instance_uid, limit=1000)
-        if any(job.state != JobState.DONE or job.updated_at >= before for job in jobs):
+        # NOT_APPLICABLE: the model was never to run on the series; nothing is pending.
+        settled = (JobState.DONE, JobState.NOT_APPLICABLE)
+        if any(job.state not in settled or job.updated_at >= before for job in jobs):
             return False
         if self.ledger.quarantined(series_uid=series.series_instance_uid):
             return False

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from core.jobs import JobState, SeriesState
 from core.ledger import Ledger
+from core.quarantine import INSTANCE_FILE, Quarantine, QuarantineEntry
 from core.settings import Settings, validate_settings
 from dicom_node.retention import RetentionSweeper
 from tests.conftest import DicomFactory
@@ -98,3 +100,36 @@ def test_unrouted_series_are_kept_unless_the_policy_says_discard(
         assert (removed == [series]) is expected_removed
         assert folder_of(settings, ledger, series).exists() is not expected_removed
         ledger.close()
+
+
+def test_refused_instances_lose_their_bytes_after_quarantine_days_but_keep_the_reason(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    quarantine = Quarantine(settings.quarantine_dir)
+    refused = quarantine.put(
+        QuarantineEntry(stage="receive", error_type="InvalidInputError", message="truncated"),
+        data=b"bytes as received",
+    )
+    failed_job = quarantine.put(
+        QuarantineEntry(stage="volume", error_type="InvalidInputError", message="gap"),
+        data=b"kept until acted on",
+    )
+    clock = Clock()
+    ledger = Ledger(settings.resolved_ledger_url)
+    ledger.create_schema()
+    sweeper = RetentionSweeper(settings, ledger, clock=clock)
+
+    clock.now += 29 * DAY
+    sweeper.run_once()
+    assert (refused / INSTANCE_FILE).exists()
+
+    clock.now += 2 * DAY
+    sweeper.run_once()
+    assert not (refused / INSTANCE_FILE).exists()
+    record = json.loads((refused / "error.json").read_text())
+    assert (record["message"], record["not_kept"]) == (
+        "truncated",
+        "the instance's bytes were removed by retention.quarantine_days",
+    )
+    assert (failed_job / INSTANCE_FILE).exists()
