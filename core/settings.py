@@ -149,9 +149,16 @@ class NodeSettings(_Section):
     #: Maximum PDU size offered to peers; large PDUs cut per-PDU overhead for big images.
     max_pdu_length: Annotated[int, Field(ge=0)] = 131_072
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 16
-    #: Longest wait for association negotiation (and a TLS handshake) and for release.
+    #: Connections still negotiating (TLS handshake, A-ASSOCIATE-RQ) at once; more are
+    #: closed at accept. They never take one of max_associations.
+    max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: Of those, at most this many from one source address (per receiving process).
+    max_pending_per_address: Annotated[int, Field(ge=1, le=1000)] = 4
+    #: Longest time for a TLS handshake and the association request together (one
+    #: deadline, however slowly the peer sends), and longest wait for a release.
     acse_timeout_seconds: PositiveSeconds = 30.0
-    #: Longest wait for the next fragment of a message that has begun.
+    #: Longest wait for the next fragment of a message that has begun, and longest time
+    #: one PDU of it may take from its first byte to its last.
     dimse_timeout_seconds: PositiveSeconds = 60.0
     #: An association idle this long between messages is aborted.
     network_timeout_seconds: PositiveSeconds = 60.0

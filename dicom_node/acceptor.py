@@ -84,17 +84,29 @@ MAX_COMMAND_SET_BYTES = 64 * 1024
 
 
 class Slots:
-    """Counts the node's open connections (all receiving processes together), against
-    ``max_associations`` and to share new connections out evenly (see receivers.py)."""
+    """Counts the node's connections (all receiving processes together).
 
-    def opened(self) -> None:
+    A connection is *pending* from its accept until its association is accepted (TLS
+    handshake and A-ASSOCIATE-RQ, within one deadline), then *associated*. Only
+    associations take one of ``node.max_associations``; pending connections have a
+    budget of their own (``node.max_pending_connections``, and
+    ``node.max_pending_per_address`` from one address in one receiving process), checked
+    at accept, so that silent or trickling sockets can never lock legitimate senders out:
+    they wait out one deadline at most (``node.acse_timeout_seconds``).
+    """
+
+    def opened(self, address: str) -> bool:
+        """Count a new connection from ``address`` as pending; ``False`` (nothing
+        counted) when the pending budget, the node's or this address's, is spent and the
+        connection should be closed at once."""
         raise NotImplementedError
 
-    def closed(self) -> None:
+    def associated(self, address: str) -> bool:
+        """Move this connection from pending to associated; ``False`` (still pending)
+        when ``max_associations`` are in progress already."""
         raise NotImplementedError
 
-    def within_limit(self) -> bool:
-        """Whether the connections open now, this one included, are within the limit."""
+    def closed(self, address: str, *, associated: bool) -> None:
         raise NotImplementedError
 
     def busier_than_siblings(self) -> bool:
@@ -112,10 +124,17 @@ class Acceptor:
     slots: Slots
     tls: ssl.SSLContext | None = None
 
-    def serve(self, sock: socket.socket, address: tuple[str, int], *, tls: bool) -> None:
-        """Run one association to its end; never raises, always closes ``sock``."""
+    def serve(self, sock: socket.socket, address: tuple[str, int], *, tls: bool) -> bool:
+        """Run one association to its end; never raises, always closes ``sock``.
+
+        Returns whether the connection took an association slot (see :class:`Slots`).
+        """
         host, port = str(address[0]), int(address[1])
         connection: Socket = sock
+        # One deadline for the TLS handshake and the association request together: a peer
+        # trickling bytes must not hold a connection longer than node.acse_timeout_seconds.
+        deadline = time.monotonic() + self.settings.acse_timeout_seconds
+        association: _Association | None = None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self.settings.acse_timeout_seconds)
@@ -125,8 +144,9 @@ class Acceptor:
                 except (ssl.SSLError, OSError) as exc:
                     logger.warning("TLS handshake with %s:%d failed: %s", host, port, exc)
                     self.store.outcomes.association(accepted=False)
-                    return
-            _Association(self, connection, host, port).run()
+                    return False
+            association = _Association(self, connection, host, port, deadline=deadline)
+            association.run()
         except Exception:
             logger.exception("association from %s:%d failed", host, port)
         finally:
@@ -135,10 +155,13 @@ class Acceptor:
                 connection.close()
             with contextlib.suppress(OSError):
                 sock.close()
+        return association is not None and association.holds_slot
 
 
 class _Association:
-    def __init__(self, acceptor: Acceptor, sock: Socket, host: str, port: int) -> None:
+    def __init__(
+        self, acceptor: Acceptor, sock: Socket, host: str, port: int, *, deadline: float
+    ) -> None:
         self.acceptor = acceptor
         self.settings = acceptor.settings
         self.sock = sock
@@ -150,6 +173,8 @@ class _Association:
             max_p_data=self.settings.max_pdu_length,
             timeout=self.settings.acse_timeout_seconds,
         )
+        self.reader.deadline = deadline
+        self.holds_slot = False
         self.in_message = False
         self.sink: _Sink | None = None
         self.command_buffer = bytearray()
@@ -219,7 +244,8 @@ class _Association:
                 MIN_PEER_MAX_LENGTH,
             )
             return NO_REASON_GIVEN
-        if not self.acceptor.slots.within_limit():
+        self.holds_slot = self.acceptor.slots.associated(self.host)
+        if not self.holds_slot:
             logger.warning(
                 "rejected association from %s: already serving node.max_associations=%d",
                 self.peer,
@@ -277,6 +303,10 @@ class _Association:
         idle_timeout = self.settings.network_timeout_seconds
         message_timeout = self.settings.dimse_timeout_seconds
         self.reader.set_timeout(min(idle_timeout, message_timeout))
+        self.reader.deadline = None
+        # Each PDU of a message must arrive whole within the DIMSE timeout: the minimum
+        # progress rate of a message in flight (max_pdu_length per dimse_timeout_seconds).
+        self.reader.pdu_seconds = message_timeout
         self.reader.keep_waiting = lambda silent: (
             silent < (message_timeout if self.in_message else idle_timeout)
         )

@@ -42,7 +42,7 @@ from core.settings import NodeSettings
 from dicom_node.acceptor import Acceptor, Slots
 from dicom_node.access import AccessPolicy
 from dicom_node.incoming import InstanceStore, Outcomes
-from dicom_node.receivers import STOP_GRACE_SECONDS, Listener, accept_loop
+from dicom_node.receivers import STOP_GRACE_SECONDS, Listener, PendingByAddress, accept_loop
 from dicom_node.spool import RecoveredInstance, Spool
 from dicom_node.tls import server_context
 
@@ -95,27 +95,62 @@ def transfer_syntax_of(path: Path) -> str:
 
 
 class _SharedSlots(Slots):
-    """Connections counted across processes: one counter per process, written only by its
-    owner (no lock that a dying process could leave held); the sum is the node's. Two
-    processes accepting at the same instant may let one association over the limit."""
+    """Connections counted across processes: per process one counter of associations
+    and one of pending connections, each written only by its owner (no lock that a
+    dying process could leave held); the sums are the node's. Two processes accepting at
+    the same instant may let one connection over a limit."""
 
-    def __init__(self, counts: ctypes.Array[ctypes.c_int], index: int, limit: int) -> None:
+    def __init__(
+        self,
+        counts: ctypes.Array[ctypes.c_int],
+        index: int,
+        *,
+        limit: int,
+        pending_limit: int,
+        per_address: int,
+    ) -> None:
         self._counts = counts
+        self._processes = len(counts) // 2
         self._index = index
+        self._pending_index = self._processes + index
         self._limit = limit
+        self._pending_limit = pending_limit
+        self._by_address = PendingByAddress(per_address)
+        self._lock = threading.Lock()
 
-    def opened(self) -> None:
-        self._counts[self._index] += 1
+    def opened(self, address: str) -> bool:
+        counts = self._counts
+        with self._lock:
+            if sum(counts[self._processes :]) >= self._pending_limit:
+                return False
+            if not self._by_address.add(address):
+                return False
+            counts[self._pending_index] += 1
+            return True
 
-    def closed(self) -> None:
-        self._counts[self._index] -= 1
+    def associated(self, address: str) -> bool:
+        counts = self._counts
+        with self._lock:
+            if sum(counts[: self._processes]) >= self._limit:
+                return False
+            self._by_address.remove(address)
+            counts[self._index] += 1
+            counts[self._pending_index] -= 1
+            return True
 
-    def within_limit(self) -> bool:
-        return sum(self._counts) <= self._limit
+    def closed(self, address: str, *, associated: bool) -> None:
+        with self._lock:
+            if associated:
+                self._counts[self._index] -= 1
+            else:
+                self._by_address.remove(address)
+                self._counts[self._pending_index] -= 1
 
     def busier_than_siblings(self) -> bool:
         counts = self._counts
-        return bool(counts[self._index] > min(counts))
+        processes = self._processes
+        load = [counts[i] + counts[processes + i] for i in range(processes)]
+        return bool(load[self._index] > min(load))
 
 
 class _Events:
@@ -246,7 +281,13 @@ def _receiver_main(  # noqa: PLR0917 -- multiprocessing passes positional argume
         settings=settings,
         store=store,
         access=AccessPolicy(settings.allowed_callers),
-        slots=_SharedSlots(counts, index, settings.max_associations),
+        slots=_SharedSlots(
+            counts,
+            index,
+            limit=settings.max_associations,
+            pending_limit=settings.max_pending_connections,
+            per_address=settings.max_pending_per_address,
+        ),
         tls=server_context(settings.tls) if settings.tls is not None else None,
     )
 
@@ -294,7 +335,8 @@ class ProcessReceivers:
         self._context = multiprocessing.get_context("forkserver")
         # The fork server imports these once; children start from a warm copy.
         self._context.set_forkserver_preload(["dicom_node.receiver_processes"])
-        self._counts = self._context.Array("i", count, lock=False)
+        # Associations of each process, then pending connections of each (_SharedSlots).
+        self._counts = self._context.Array("i", 2 * count, lock=False)
         self._children: dict[int, _Child] = {}
         self._stopping = threading.Event()
         self._ready: set[int] = set()

@@ -61,12 +61,14 @@ def accept_loop(
     lock = threading.Lock()
 
     slots = acceptor.slots
+    refusals = _Refusals()
 
     def serve(connection: socket.socket, address: Any, tls: bool) -> None:
+        associated = False
         try:
-            acceptor.serve(connection, address, tls=tls)
+            associated = acceptor.serve(connection, address, tls=tls)
         finally:
-            slots.closed()
+            slots.closed(str(address[0]), associated=associated)
             with lock:
                 active.pop(threading.current_thread(), None)
 
@@ -84,17 +86,16 @@ def accept_loop(
                     # Every receiving process is woken; let a less busy one take it, so
                     # that parallel associations spread over the cores.
                     time.sleep(DEFER_SECONDS)
-                try:
-                    connection, address = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue  # another receiving process took it
-                except OSError as exc:
-                    # Out of file descriptors, for instance: wait a little, keep serving.
-                    logger.error("cannot accept a connection: %s", exc)  # noqa: TRY400
-                    time.sleep(0.1)
+                accepted = _accept(listener)
+                if accepted is None:
+                    continue
+                connection, address = accepted
+                if not slots.opened(str(address[0])):
+                    # The pending budget is spent (silent or slow connections): this one
+                    # is closed before it costs a thread; associations go on.
+                    refusals.refuse(connection, address)
                     continue
                 connection.setblocking(True)
-                slots.opened()
                 thread = threading.Thread(
                     target=serve,
                     args=(connection, address, tls),
@@ -109,6 +110,41 @@ def accept_loop(
         for listener, _tls in listeners:
             listener.close()
         _wind_down(active, lock)
+
+
+def _accept(listener: socket.socket) -> tuple[socket.socket, Any] | None:
+    try:
+        return listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return None  # another receiving process took it
+    except OSError as exc:
+        # Out of file descriptors, for instance: wait a little, keep serving.
+        logger.error("cannot accept a connection: %s", exc)  # noqa: TRY400
+        time.sleep(0.1)
+        return None
+
+
+class _Refusals:
+    """Connections closed at accept, logged at most every 10 s: a flood of connections
+    must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self._logged_at = float("-inf")
+        self._count = 0
+
+    def refuse(self, connection: socket.socket, address: Any) -> None:
+        with contextlib.suppress(OSError):
+            connection.close()
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 10.0:
+            logger.warning(
+                "closed %d connection(s) at accept, the latest from %s: "
+                "node.max_pending_connections are negotiating already",
+                self._count,
+                address[0],
+            )
+            self._logged_at, self._count = now, 0
 
 
 def _still_running(
@@ -140,24 +176,61 @@ def _wind_down(active: dict[threading.Thread, socket.socket], lock: threading.Lo
         thread.join(timeout=5)
 
 
+class PendingByAddress:
+    """Pending connections per source address in one process (callers hold a lock)."""
+
+    def __init__(self, per_address: int) -> None:
+        self._per_address = per_address
+        self._counts: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, address: str) -> bool:
+        count = self._counts.get(address, 0)
+        if count >= self._per_address:
+            return False
+        self._counts[address] = count + 1
+        self.total += 1
+        return True
+
+    def remove(self, address: str) -> None:
+        count = self._counts.get(address, 0) - 1
+        if count > 0:
+            self._counts[address] = count
+        else:
+            self._counts.pop(address, None)
+        self.total -= 1
+
+
 class LocalSlots(Slots):
     """Connections counted in one process."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, pending_limit: int, per_address: int) -> None:
         self._limit = limit
-        self._open = 0
+        self._pending_limit = pending_limit
+        self._associated = 0
+        self._pending = PendingByAddress(per_address)
         self._lock = threading.Lock()
 
-    def opened(self) -> None:
+    def opened(self, address: str) -> bool:
         with self._lock:
-            self._open += 1
+            if self._pending.total >= self._pending_limit:
+                return False
+            return self._pending.add(address)
 
-    def closed(self) -> None:
+    def associated(self, address: str) -> bool:
         with self._lock:
-            self._open -= 1
+            if self._associated >= self._limit:
+                return False
+            self._pending.remove(address)
+            self._associated += 1
+            return True
 
-    def within_limit(self) -> bool:
-        return self._open <= self._limit
+    def closed(self, address: str, *, associated: bool) -> None:
+        with self._lock:
+            if associated:
+                self._associated -= 1
+            else:
+                self._pending.remove(address)
 
     def busier_than_siblings(self) -> bool:
         return False

@@ -193,7 +193,11 @@ class StorageSCP:
                 max_instance_bytes=self.settings.max_instance_bytes,
             ),
             access=AccessPolicy(self.settings.allowed_callers),
-            slots=LocalSlots(self.settings.max_associations),
+            slots=LocalSlots(
+                self.settings.max_associations,
+                self.settings.max_pending_connections,
+                self.settings.max_pending_per_address,
+            ),
             tls=self._tls,
         )
 

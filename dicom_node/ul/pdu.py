@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 
@@ -84,6 +85,13 @@ class PduReader:
     than Python's, which would poll() before every read. When a read has waited
     ``timeout`` seconds, :attr:`keep_waiting` is asked (with the silence so far) whether
     to go on waiting; by default it says no and :class:`TimeoutError` is raised.
+
+    A peer that sends a byte now and then is never silent for long; two deadlines bound
+    it all the same: :attr:`deadline` (a :func:`time.monotonic` time by which every read
+    must be done: the association negotiation as a whole) and :attr:`pdu_seconds` (how
+    long one PDU may take from its first byte to its last: the minimum progress rate of
+    a message in flight). Both are checked between reads, so they may be overrun by one
+    read's timeout at most.
     """
 
     def __init__(self, sock: Socket, *, max_p_data: int = 0, timeout: float | None = None) -> None:
@@ -97,6 +105,11 @@ class PduReader:
         self._view = memoryview(self._buffer)
         self._tick = 0.0
         self.keep_waiting: Callable[[float], bool] = _never
+        #: Every read must be done by this :func:`time.monotonic` time (``None``: no limit).
+        self.deadline: float | None = None
+        #: Longest time one PDU may take from its first byte to its last (0: no limit).
+        self.pdu_seconds = 0.0
+        self._until: float | None = None
         if timeout is not None:
             self.set_timeout(timeout)
 
@@ -123,7 +136,11 @@ class PduReader:
             ProtocolError: an unknown PDU type or a PDU longer than allowed.
             TimeoutError: nothing arrived for as long as allowed.
         """
+        self._until = self.deadline
         self._fill(self._header_view, 6)
+        if self.pdu_seconds:
+            started = time.monotonic() + self.pdu_seconds
+            self._until = started if self._until is None else min(self._until, started)
         pdu_type, _reserved, length = _HEADER.unpack(self._header)
         if pdu_type == PduType.P_DATA_TF:
             limit = self._max_p_data
@@ -151,18 +168,23 @@ class PduReader:
         received = 0
         silent = 0.0
         recv_into = self._sock.recv_into
+        until = self._until
         while received < size:
             try:
                 count = recv_into(view[received:size], size - received)
             except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
                 silent += self._tick
-                if self.keep_waiting(silent):
+                if self.keep_waiting(silent) and (until is None or time.monotonic() < until):
                     continue
                 raise TimeoutError(f"nothing received for {silent:g} s") from None
             if count == 0:
                 raise ConnectionClosedError("the peer closed the connection")
             received += count
             silent = 0.0
+            if until is not None and received < size and time.monotonic() > until:
+                raise TimeoutError(
+                    f"too slow: {received} of {size} bytes of a PDU arrived in the time allowed"
+                )
 
 
 def _never(_silent: float) -> bool:

@@ -6,9 +6,12 @@ storescu is still served afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import socket
+import time
 from pathlib import Path
 
 import pydicom
@@ -26,10 +29,17 @@ from dicom_node.ul.negotiation import (
     encode_associate_rq,
     escaped,
 )
-from dicom_node.ul.pdu import COMMAND, PduReader, PduType
+from dicom_node.ul.pdu import COMMAND, PduReader, PduType, p_data_pdus
 from tests.conftest import DicomFactory
 from tests.support.hostile import deflate_bomb
-from tests.support.node import CT_IMAGE, associate, context_for, data_set_bytes, start_node
+from tests.support.node import (
+    CT_IMAGE,
+    RawAssociation,
+    associate,
+    context_for,
+    data_set_bytes,
+    start_node,
+)
 from tests.support.peers import LOCALHOST, storescu
 
 pytestmark = pytest.mark.peers
@@ -250,4 +260,90 @@ def test_a_large_malformed_instance_is_quarantined_without_being_read_into_memor
         assert grown < 48, f"a receiving process's peak memory grew {grown:.0f} MiB"
         (folder,) = node.settings.quarantine_dir.iterdir()
         assert (folder / "instance.dcm").stat().st_size > sent
+        _still_serves(node, dicom_factory)
+
+
+def _silent_from(address: str, port: int) -> socket.socket:
+    """A connection from another loopback address that never says anything."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((address, 0))
+    sock.settimeout(10)
+    sock.connect((LOCALHOST, port))
+    return sock
+
+
+def test_silent_connections_never_take_association_slots_nor_lock_others_out(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    with start_node(
+        tmp_path / "data",
+        receiver_processes=1,
+        max_associations=1,
+        max_pending_connections=8,
+        max_pending_per_address=2,
+    ) as node:
+        # Six silent sockets from one address: two wait for their deadline, the rest are
+        # closed at once; none takes the one association slot.
+        silent = [_silent_from("127.0.0.2", node.port) for _ in range(6)]
+        try:
+            closed = 0
+            for sock in silent:
+                sock.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):
+                    closed += sock.recv(1) == b""
+            assert closed == 4
+
+            _still_serves(node, dicom_factory)
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_a_peer_trickling_its_association_request_is_cut_off_at_one_deadline(
+    tmp_path: Path,
+) -> None:
+    request = _request()
+    with start_node(tmp_path / "data", acse_timeout_seconds=1.0) as node:
+        with socket.create_connection((LOCALHOST, node.port), timeout=10) as sock:
+            started = time.monotonic()
+            sent = 0
+            with contextlib.suppress(OSError):  # reset or broken pipe once it is closed
+                for byte in request[:-1]:
+                    sock.sendall(bytes([byte]))
+                    sent += 1
+                    if not select.select([sock], [], [], 0.2)[0]:
+                        continue
+                    assert sock.recv(100) == b""
+                    break
+            elapsed = time.monotonic() - started
+
+        assert sent < len(request) - 1, "the node waited for the whole trickle"
+        assert elapsed < 3.0, f"cut off after {elapsed:.1f} s, not at the 1 s deadline"
+
+
+def test_a_peer_trickling_a_message_is_aborted_at_the_dimse_timeout(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    path = dicom_factory.image(size=64)
+    data = data_set_bytes(path)
+    with start_node(tmp_path / "data", dimse_timeout_seconds=1.0) as node:
+        raw = RawAssociation(node.port)
+        try:
+            # The command and the first bytes of a P-DATA-TF, then one byte every 0.2 s:
+            # never silent for a second, yet far too slow.
+            raw.send_command_and_part_of(str(pydicom.dcmread(path).SOPInstanceUID), data, sent=0)
+            pdu = p_data_pdus(data, 1, command=False, max_pdu=16384)[0]
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                for byte in pdu:
+                    raw.sock.sendall(bytes([byte]))
+                    if select.select([raw.sock], [], [], 0.2)[0]:
+                        break
+            answer = raw.reader.read()[0]
+            elapsed = time.monotonic() - started
+        finally:
+            raw.close()
+
+        assert answer == PduType.ABORT
+        assert elapsed < 4.0, f"aborted after {elapsed:.1f} s"
         _still_serves(node, dicom_factory)
