@@ -151,6 +151,23 @@ def read_stored_header(path: Path) -> Dataset:
     return dataset
 
 
+def read_file_identity(path: Path) -> InstanceIdentity:
+    """The identifying UIDs of a spooled file, read in bounded memory (never its pixels).
+
+    Raises:
+        InvalidInputError: the file cannot be parsed or lacks a valid UID.
+    """
+    dataset = read_stored_header(path)
+    raw = {tag: _raw_text(dataset, tag) for tag in _WANTED}
+    return InstanceIdentity(
+        sop_class_uid=check_uid(raw[_SOP_CLASS], "SOP Class UID (0008,0016)"),
+        sop_instance_uid=check_uid(raw[_SOP_INSTANCE], "SOP Instance UID (0008,0018)"),
+        study_instance_uid=check_uid(raw[_STUDY], "Study Instance UID (0020,000D)"),
+        series_instance_uid=check_uid(raw[_SERIES], "Series Instance UID (0020,000E)"),
+        modality=raw[_MODALITY] or None,
+    )
+
+
 def _data_set_offset(file: BinaryIO) -> int:
     """Where the data set starts: after preamble, prefix and file meta (PS3.10 7.1)."""
     file.seek(132)

@@ -14,17 +14,26 @@ from types import TracebackType
 from core.errors import ConfigError
 from core.jobs import InstanceRecord
 from core.ledger import Ledger
+from core.periodic import Periodic
 from core.quarantine import Quarantine, QuarantineEntry
 from core.queue import JobQueue, make_celery
 from core.settings import Settings
 from dicom_node.assembly import CompletionWatcher
-from dicom_node.recorder import IngestRecorder, register_unrecorded
+from dicom_node.recorder import (
+    IngestRecorder,
+    read_checkpoint,
+    register_unrecorded,
+    write_checkpoint,
+)
 from dicom_node.routing import Router
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
 from models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
+
+#: How often the node records that the spool is fully recorded (see dicom_node.recorder).
+CHECKPOINT_INTERVAL_SECONDS = 60.0
 
 
 def check_routes_against_models(settings: Settings, model_ids: list[str]) -> None:
@@ -75,6 +84,10 @@ class Node:
             on_stored=self._stored,
             on_quarantined=self._record_quarantine,
             on_association_ended=self._association_ended,
+            on_receiver_lost=lambda since: self.recorder.rescan(settings.spool_dir, since=since),
+        )
+        self._checkpoints = Periodic(
+            "spool-checkpoint", CHECKPOINT_INTERVAL_SECONDS, self._write_checkpoint
         )
         # Series each open association brought, for completion on association release.
         self._series_by_peer: dict[str, set[str]] = {}
@@ -94,16 +107,24 @@ class Node:
         return self.scp.port
 
     def start(self) -> None:
-        register_unrecorded(self.settings.spool_dir, self.ledger)
+        spool_dir = self.settings.spool_dir
+        register_unrecorded(spool_dir, self.ledger, modified_since=read_checkpoint(spool_dir))
         self.recorder.start()
         self.scp.start()
         self.watcher.start()
+        self._checkpoints.start()
 
     def stop(self) -> None:
+        self._checkpoints.stop()
         self.scp.stop()
         self.watcher.stop()
         self.recorder.stop()
         self.celery.close()
+
+    def _write_checkpoint(self) -> None:
+        # Only once everything reported so far is in the ledger.
+        if self.recorder.flush(timeout=30.0):
+            write_checkpoint(self.settings.spool_dir)
 
     def _stored(self, record: InstanceRecord) -> None:
         self.recorder.add(record)

@@ -312,6 +312,8 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     lifeline: Connection
     events: Connection
+    #: Wall time of its start, then of each batch of events it reported.
+    reported_at: float = 0.0
 
 
 class ProcessReceivers:
@@ -442,7 +444,7 @@ class ProcessReceivers:
         # The child holds its own copies; ours would keep the pipes open after it died.
         lifeline_reader.close()
         events_writer.close()
-        child = _Child(index, process, lifeline_writer, events_reader)
+        child = _Child(index, process, lifeline_writer, events_reader, reported_at=time.time())
         self._children[index] = child
         self._selector.register(events_reader, selectors.EVENT_READ, ("events", child))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
@@ -461,7 +463,9 @@ class ProcessReceivers:
     def _drain(self, child: _Child) -> None:
         try:
             while child.events.poll():
-                for event in child.events.recv():
+                events = child.events.recv()
+                child.reported_at = time.time()
+                for event in events:
                     self._handle(child, event)
         except (EOFError, OSError):
             # The child is gone; its sentinel says so too. Stop watching the pipe.
@@ -508,6 +512,10 @@ class ProcessReceivers:
         self._counts[child.index] = 0
         if pid is not None:
             self._recover(pid)
+        # It may have answered Success for instances it never reported (they are in the
+        # spool): have them looked for. Stored events are sent within BATCH_SECONDS;
+        # a second of margin covers a batch in flight.
+        self._dispatch(("lost", child.reported_at - 1.0))
         if self._stopping.is_set():
             return
         if child.index not in self._ready:

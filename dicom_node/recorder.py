@@ -2,8 +2,16 @@
 
 The SCP answers Success as soon as an instance is durably in the spool; the ledger rows
 are written by one background thread in batches (one transaction for many instances).
-If the process dies between the two, :func:`register_unrecorded` finds the files on the
-next start, so an acknowledged instance is never forgotten.
+The spool is the journal: an acknowledged instance is a file in its series folder, so
+whatever was acknowledged but not reported is found there again.
+
+* A receiving process that dies may have answered Success for instances it had not yet
+  reported. The recorder is then asked to :meth:`IngestRecorder.rescan` the series
+  folders changed since that process last reported: in its own queue, after every
+  record the process did report, so nothing is recorded twice.
+* At start-up :func:`register_unrecorded` walks the series folders changed since the
+  last checkpoint (``spool/.checkpoint``, written every minute while the node runs,
+  five minutes behind), or the whole spool when there is none.
 """
 
 from __future__ import annotations
@@ -17,12 +25,26 @@ from pathlib import Path
 
 from core.jobs import InstanceRecord
 from core.ledger import Ledger
-from dicom_node.header import read_identity
+from dicom_node.header import read_file_identity
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 500
 _LINGER_SECONDS = 0.5
+#: What the start-up walk trusts to be recorded: anything placed this long before a
+#: checkpoint was written (reports arrive within a fraction of a second).
+CHECKPOINT_LAG_SECONDS = 300.0
+CHECKPOINT_FILE = ".checkpoint"
+
+
+class _Rescan:
+    """A queue marker: look for unrecorded files changed since ``since`` (wall time)."""
+
+    __slots__ = ("since", "spool_root")
+
+    def __init__(self, spool_root: Path, since: float) -> None:
+        self.spool_root = spool_root
+        self.since = since
 
 
 class IngestRecorder:
@@ -30,7 +52,7 @@ class IngestRecorder:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._queue: queue.Queue[InstanceRecord | None] = queue.Queue()
+        self._queue: queue.Queue[InstanceRecord | _Rescan | None] = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="ingest-recorder", daemon=True)
@@ -44,6 +66,13 @@ class IngestRecorder:
         with self._idle:
             self._pending += 1
         self._queue.put(record)
+
+    def rescan(self, spool_root: Path, *, since: float) -> None:
+        """Record the files in series folders changed since ``since`` that the ledger does
+        not know, after everything queued so far (see the module docstring)."""
+        with self._idle:
+            self._pending += 1
+        self._queue.put(_Rescan(spool_root, since))
 
     def follow(self, source: Callable[[float], bool]) -> None:
         """Also wait for ``source`` (the SCP's receivers) when flushing: instances stored
@@ -74,10 +103,14 @@ class IngestRecorder:
 
     def _run(self) -> None:
         done = False
+        rescan: _Rescan | None = None
         while not done:
             first = self._queue.get()
             if first is None:
                 break
+            if isinstance(first, _Rescan):
+                self._rescan(first)
+                continue
             batch = [first]
             deadline = time.monotonic() + _LINGER_SECONDS
             while len(batch) < _BATCH:
@@ -88,8 +121,24 @@ class IngestRecorder:
                 if item is None:
                     done = True
                     break
+                if isinstance(item, _Rescan):
+                    rescan = item
+                    break
                 batch.append(item)
             self._write(batch)
+            if rescan is not None:
+                self._rescan(rescan)
+                rescan = None
+
+    def _rescan(self, marker: _Rescan) -> None:
+        try:
+            register_unrecorded(marker.spool_root, self._ledger, modified_since=marker.since)
+        except Exception:
+            # The files stay in the spool; the next start-up walk finds them.
+            logger.exception("could not look for unrecorded instances in the spool")
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
     def _write(self, batch: list[InstanceRecord]) -> None:
         delay = 0.1
@@ -110,22 +159,46 @@ class IngestRecorder:
             self._idle.notify_all()
 
 
-def register_unrecorded(spool_root: Path, ledger: Ledger) -> int:
-    """Record spool files that the ledger does not know (a crash after Success).
+def write_checkpoint(spool_root: Path, *, now: float | None = None) -> None:
+    """Say that files placed before ``now - CHECKPOINT_LAG_SECONDS`` are all recorded."""
+    at = (time.time() if now is None else now) - CHECKPOINT_LAG_SECONDS
+    temporary = spool_root / f"{CHECKPOINT_FILE}.part"
+    temporary.write_text(f"{at:.3f}\n")
+    temporary.replace(spool_root / CHECKPOINT_FILE)
 
+
+def read_checkpoint(spool_root: Path) -> float | None:
+    """The time of the last checkpoint, or ``None`` (a new spool: walk it whole)."""
+    try:
+        return float((spool_root / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def register_unrecorded(
+    spool_root: Path, ledger: Ledger, *, modified_since: float | None = None
+) -> int:
+    """Record spool files that the ledger does not know (acknowledged, never reported).
+
+    ``modified_since`` (wall time): only series folders changed since then are read (a
+    file placed into a folder changes the folder's time); ``None`` walks the whole spool.
     Returns the number of instances registered.
     """
     registered = 0
     # Hidden folders (.incoming, the .sop index) hold no series.
-    series_dirs = (p for p in spool_root.glob("*/*") if not p.parent.name.startswith("."))
-    for series_dir in sorted(p for p in series_dirs if p.is_dir()):
+    series_dirs = [
+        p for p in spool_root.glob("*/*") if not p.parent.name.startswith(".") and p.is_dir()
+    ]
+    if modified_since is not None:
+        series_dirs = [p for p in series_dirs if _mtime(p) >= modified_since]
+    for series_dir in sorted(series_dirs):
         known = {i.sop_instance_uid for i in ledger.series_instances(series_dir.name)}
         records: list[InstanceRecord] = []
         for path in sorted(series_dir.glob("*.dcm")):
             if path.stem in known:
                 continue
             try:
-                identity = read_identity(path.read_bytes())
+                identity = read_file_identity(path)
             except Exception:
                 logger.exception("cannot re-register spool file %s", path)
                 continue
@@ -152,6 +225,13 @@ def register_unrecorded(spool_root: Path, ledger: Ledger) -> int:
     if registered:
         logger.warning("registered %d spool instances missing from the ledger", registered)
     return registered
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("-inf")  # removed meanwhile (retention): nothing to record
 
 
 def _transfer_syntax(path: Path) -> str:

@@ -62,9 +62,13 @@ class StorageSCP:
         on_stored: StoredCallback,
         on_quarantined: QuarantinedCallback,
         on_association_ended: EndedCallback | None = None,
+        on_receiver_lost: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_receiver_lost(since)``: a receiving process died; it may have stored
+        instances since ``since`` (wall time) that it never reported."""
         self.settings = settings
         self._on_ended = on_association_ended
+        self._on_receiver_lost = on_receiver_lost
         self.spool = spool
         self.quarantine = quarantine
         self._on_stored = on_stored
@@ -215,6 +219,8 @@ class StorageSCP:
             self._count("associations" if event[1] else "rejected")
         elif kind == "ended" and self._on_ended is not None:
             self._on_ended(event[1], event[2])
+        elif kind == "lost" and self._on_receiver_lost is not None:
+            self._on_receiver_lost(event[1])
 
     def _count(self, key: str) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 
 from dicom_node.header import InstanceIdentity
 from dicom_node.node import Node
+from dicom_node.recorder import write_checkpoint
 from dicom_node.spool import RESERVE_CHECK_BYTES, Spool, SpoolFullError
 from dicom_node.status import Status
 from tests.conftest import DicomFactory
@@ -29,6 +32,7 @@ from tests.support.node import (
     associate,
     context_for,
     data_set_bytes,
+    ingest_settings,
     spooled_files,
     start_node,
     unfinished_writes,
@@ -239,3 +243,54 @@ def test_a_large_instance_stops_at_the_free_space_reserve_and_leaves_nothing_beh
                 modality="CT",
             )
         )
+
+
+def _place_unreported(spool_dir: Path, path: Path) -> Path:
+    """Put ``path`` in the spool as a receiving process does before answering Success."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    target: Path = spool_dir / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+    target = target / f"{ds.SOPInstanceUID}.dcm"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return target
+
+
+def test_an_instance_a_killed_receiving_process_acknowledged_but_never_reported_is_recorded(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    reported, unreported = dicom_factory.series(2)
+    with start_node(tmp_path / "data", receiver_processes=1) as node:
+        assert storescu([reported], LOCALHOST, node.port, "PACSAI").returncode == 0
+        node.recorder.flush()
+        # What a receiving process killed between its Success and its report leaves.
+        _place_unreported(node.settings.spool_dir, unreported)
+        (receiver,) = node.scp.pids
+        os.kill(receiver, signal.SIGKILL)
+
+        wait_for(lambda: node.ledger.count_instances() == 2, 30, "the unreported instance")
+        series_uid = str(pydicom.dcmread(unreported).SeriesInstanceUID)
+        instances = node.ledger.series_instances(series_uid)
+        assert [i.receive_count for i in instances] == [1, 1], "each recorded once"
+
+
+def test_start_up_reads_only_the_series_changed_since_the_last_checkpoint(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    settings = ingest_settings(tmp_path / "data")
+    old_file = _place_unreported(settings.spool_dir, dicom_factory.series(1)[0])
+    new_file = _place_unreported(settings.spool_dir, dicom_factory.series(1)[0])
+    an_hour_ago = time.time() - 3600
+    os.utime(old_file.parent, (an_hour_ago, an_hour_ago))
+    write_checkpoint(settings.spool_dir, now=time.time() - 600)
+
+    with Node(settings) as node:
+        node.recorder.flush()
+        recorded = {
+            i.path
+            for s in (old_file, new_file)
+            for i in node.ledger.series_instances(s.parent.name)
+        }
+
+    # The old one was recorded before that checkpoint in real life; here it shows that it
+    # was not read at all. Without a checkpoint the whole spool is walked.
+    assert recorded == {str(new_file)}
