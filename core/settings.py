@@ -149,6 +149,9 @@ class NodeSettings(_Section):
     #: Maximum PDU size offered to peers; large PDUs cut per-PDU overhead for big images.
     max_pdu_length: Annotated[int, Field(ge=0)] = 131_072
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: Of those, at most this many with one calling AE title (per receiving process), so
+    #: that one sender cannot take every slot; 0: no limit of its own.
+    max_associations_per_ae: Annotated[int, Field(ge=0, le=1000)] = 0
     #: Connections still negotiating (TLS handshake, A-ASSOCIATE-RQ) at once; more are
     #: closed at accept. They never take one of max_associations.
     max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 16

@@ -101,12 +101,14 @@ class Slots:
         connection should be closed at once."""
         raise NotImplementedError
 
-    def associated(self, address: str) -> bool:
+    def associated(self, address: str, calling_ae: str) -> bool:
         """Move this connection from pending to associated; ``False`` (still pending)
-        when ``max_associations`` are in progress already."""
+        when ``max_associations`` are in progress already, or
+        ``max_associations_per_ae`` of ``calling_ae`` (in this receiving process)."""
         raise NotImplementedError
 
-    def closed(self, address: str, *, associated: bool) -> None:
+    def closed(self, address: str, *, calling_ae: str | None) -> None:
+        """The connection ended: associated as ``calling_ae``, or pending (``None``)."""
         raise NotImplementedError
 
     def busier_than_siblings(self) -> bool:
@@ -124,10 +126,11 @@ class Acceptor:
     slots: Slots
     tls: ssl.SSLContext | None = None
 
-    def serve(self, sock: socket.socket, address: tuple[str, int], *, tls: bool) -> bool:
+    def serve(self, sock: socket.socket, address: tuple[str, int], *, tls: bool) -> str | None:
         """Run one association to its end; never raises, always closes ``sock``.
 
-        Returns whether the connection took an association slot (see :class:`Slots`).
+        Returns the calling AE title of the association when it took an association slot,
+        ``None`` when it never did (see :class:`Slots`).
         """
         host, port = str(address[0]), int(address[1])
         connection: Socket = sock
@@ -144,7 +147,7 @@ class Acceptor:
                 except (ssl.SSLError, OSError) as exc:
                     logger.warning("TLS handshake with %s:%d failed: %s", host, port, exc)
                     self.store.outcomes.association(accepted=False)
-                    return False
+                    return None
             association = _Association(self, connection, host, port, deadline=deadline)
             association.run()
         except Exception:
@@ -155,7 +158,9 @@ class Acceptor:
                 connection.close()
             with contextlib.suppress(OSError):
                 sock.close()
-        return association is not None and association.holds_slot
+        if association is None or not association.holds_slot:
+            return None
+        return association.peer.calling_ae
 
 
 class _Association:
@@ -244,7 +249,7 @@ class _Association:
                 MIN_PEER_MAX_LENGTH,
             )
             return NO_REASON_GIVEN
-        self.holds_slot = self.acceptor.slots.associated(self.host)
+        self.holds_slot = self.acceptor.slots.associated(self.host, request.calling_ae)
         if not self.holds_slot:
             logger.warning(
                 "rejected association from %s: already serving node.max_associations=%d",

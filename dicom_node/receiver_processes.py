@@ -42,7 +42,7 @@ from core.settings import NodeSettings
 from dicom_node.acceptor import Acceptor, Slots
 from dicom_node.access import AccessPolicy
 from dicom_node.incoming import InstanceStore, Outcomes
-from dicom_node.receivers import STOP_GRACE_SECONDS, Listener, PendingByAddress, accept_loop
+from dicom_node.receivers import STOP_GRACE_SECONDS, CountsByKey, Listener, accept_loop
 from dicom_node.spool import RecoveredInstance, Spool
 from dicom_node.tls import server_context
 
@@ -108,6 +108,7 @@ class _SharedSlots(Slots):
         limit: int,
         pending_limit: int,
         per_address: int,
+        per_ae: int,
     ) -> None:
         self._counts = counts
         self._processes = len(counts) // 2
@@ -115,7 +116,8 @@ class _SharedSlots(Slots):
         self._pending_index = self._processes + index
         self._limit = limit
         self._pending_limit = pending_limit
-        self._by_address = PendingByAddress(per_address)
+        self._by_address = CountsByKey(per_address)
+        self._by_ae = CountsByKey(per_ae)
         self._lock = threading.Lock()
 
     def opened(self, address: str) -> bool:
@@ -128,19 +130,20 @@ class _SharedSlots(Slots):
             counts[self._pending_index] += 1
             return True
 
-    def associated(self, address: str) -> bool:
+    def associated(self, address: str, calling_ae: str) -> bool:
         counts = self._counts
         with self._lock:
-            if sum(counts[: self._processes]) >= self._limit:
+            if sum(counts[: self._processes]) >= self._limit or not self._by_ae.add(calling_ae):
                 return False
             self._by_address.remove(address)
             counts[self._index] += 1
             counts[self._pending_index] -= 1
             return True
 
-    def closed(self, address: str, *, associated: bool) -> None:
+    def closed(self, address: str, *, calling_ae: str | None) -> None:
         with self._lock:
-            if associated:
+            if calling_ae is not None:
+                self._by_ae.remove(calling_ae)
                 self._counts[self._index] -= 1
             else:
                 self._by_address.remove(address)
@@ -287,6 +290,7 @@ def _receiver_main(  # noqa: PLR0917 -- multiprocessing passes positional argume
             limit=settings.max_associations,
             pending_limit=settings.max_pending_connections,
             per_address=settings.max_pending_per_address,
+            per_ae=settings.max_associations_per_ae,
         ),
         tls=server_context(settings.tls) if settings.tls is not None else None,
     )

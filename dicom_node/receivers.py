@@ -64,11 +64,11 @@ def accept_loop(
     refusals = _Refusals()
 
     def serve(connection: socket.socket, address: Any, tls: bool) -> None:
-        associated = False
+        calling_ae: str | None = None
         try:
-            associated = acceptor.serve(connection, address, tls=tls)
+            calling_ae = acceptor.serve(connection, address, tls=tls)
         finally:
-            slots.closed(str(address[0]), associated=associated)
+            slots.closed(str(address[0]), calling_ae=calling_ae)
             with lock:
                 active.pop(threading.current_thread(), None)
 
@@ -176,39 +176,40 @@ def _wind_down(active: dict[threading.Thread, socket.socket], lock: threading.Lo
         thread.join(timeout=5)
 
 
-class PendingByAddress:
-    """Pending connections per source address in one process (callers hold a lock)."""
+class CountsByKey:
+    """Connections per key (source address, calling AE) in one process, each key at most
+    ``limit`` (0: no limit); callers hold a lock."""
 
-    def __init__(self, per_address: int) -> None:
-        self._per_address = per_address
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._counts: dict[str, int] = {}
         self.total = 0
 
-    def add(self, address: str) -> bool:
-        count = self._counts.get(address, 0)
-        if count >= self._per_address:
+    def add(self, key: str) -> bool:
+        count = self._counts.get(key, 0)
+        if self._limit and count >= self._limit:
             return False
-        self._counts[address] = count + 1
+        self._counts[key] = count + 1
         self.total += 1
         return True
 
-    def remove(self, address: str) -> None:
-        count = self._counts.get(address, 0) - 1
+    def remove(self, key: str) -> None:
+        count = self._counts.get(key, 0) - 1
         if count > 0:
-            self._counts[address] = count
+            self._counts[key] = count
         else:
-            self._counts.pop(address, None)
+            self._counts.pop(key, None)
         self.total -= 1
 
 
 class LocalSlots(Slots):
     """Connections counted in one process."""
 
-    def __init__(self, limit: int, pending_limit: int, per_address: int) -> None:
+    def __init__(self, limit: int, pending_limit: int, per_address: int, per_ae: int) -> None:
         self._limit = limit
         self._pending_limit = pending_limit
-        self._associated = 0
-        self._pending = PendingByAddress(per_address)
+        self._associated = CountsByKey(per_ae)
+        self._pending = CountsByKey(per_address)
         self._lock = threading.Lock()
 
     def opened(self, address: str) -> bool:
@@ -217,18 +218,17 @@ class LocalSlots(Slots):
                 return False
             return self._pending.add(address)
 
-    def associated(self, address: str) -> bool:
+    def associated(self, address: str, calling_ae: str) -> bool:
         with self._lock:
-            if self._associated >= self._limit:
+            if self._associated.total >= self._limit or not self._associated.add(calling_ae):
                 return False
             self._pending.remove(address)
-            self._associated += 1
             return True
 
-    def closed(self, address: str, *, associated: bool) -> None:
+    def closed(self, address: str, *, calling_ae: str | None) -> None:
         with self._lock:
-            if associated:
-                self._associated -= 1
+            if calling_ae is not None:
+                self._associated.remove(calling_ae)
             else:
                 self._pending.remove(address)
 

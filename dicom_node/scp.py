@@ -201,6 +201,7 @@ class StorageSCP:
                 self.settings.max_associations,
                 self.settings.max_pending_connections,
                 self.settings.max_pending_per_address,
+                self.settings.max_associations_per_ae,
             ),
             tls=self._tls,
         )

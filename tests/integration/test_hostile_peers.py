@@ -21,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from core.logs import TextFormatter
 from dicom_node.acceptor import MAX_COMMAND_SET_BYTES
 from dicom_node.node import Node
+from dicom_node.requestor import AssociationFailedError
 from dicom_node.status import Status
 from dicom_node.ul.negotiation import (
     MIN_PEER_MAX_LENGTH,
@@ -40,7 +41,7 @@ from tests.support.node import (
     data_set_bytes,
     start_node,
 )
-from tests.support.peers import LOCALHOST, storescu
+from tests.support.peers import LOCALHOST, storescu, wait_for
 
 pytestmark = pytest.mark.peers
 
@@ -347,3 +348,28 @@ def test_a_peer_trickling_a_message_is_aborted_at_the_dimse_timeout(
         assert answer == PduType.ABORT
         assert elapsed < 4.0, f"aborted after {elapsed:.1f} s"
         _still_serves(node, dicom_factory)
+
+
+def test_one_calling_ae_cannot_take_every_association_slot(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    verification = [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]
+    with start_node(
+        tmp_path / "data", receiver_processes=1, max_associations=4, max_associations_per_ae=1
+    ) as node:
+        held = associate(node.port, verification, calling_ae="GREEDY")
+        try:
+            with pytest.raises(AssociationFailedError, match=r"Rejected Transient.*Local limit"):
+                associate(node.port, verification, calling_ae="GREEDY")
+            _still_serves(node, dicom_factory)  # STORESCU: another AE title
+        finally:
+            held.release()
+        wait_for(lambda: _associates(node.port, verification, "GREEDY"), 10, "GREEDY's slot back")
+
+
+def _associates(port: int, contexts: list[tuple[str, str]], calling_ae: str) -> bool:
+    try:
+        associate(port, contexts, calling_ae=calling_ae).release()
+    except AssociationFailedError:
+        return False
+    return True
