@@ -12,8 +12,11 @@ receivers so that they share the machine's conditions, it measures (median of ``
 
 Wall time, images/s, MB/s, the receiver's CPU time (user + system, its whole process
 tree: for the node, the node process and its receiving processes) and the ratio to
-storescp. Before each run the receiver's storage is emptied and the page cache written
-back (``sync``), so no run pays for another's writes.
+storescp. Then memory: the peak resident memory of the receiver's process tree (sampled
+every 20 ms) while the series arrives over one association and over 32 parallel ones,
+and from that the memory per association, against storescp --fork in the same run.
+Before each run the receiver's storage is emptied and the page cache written back
+(``sync``), so no run pays for another's writes.
 
 DCMTK and Orthanc run with ``TCP_NODELAY=1``: Debian's builds leave Nagle's algorithm on
 otherwise and are about 30x slower. pacs-ai turns it off on its own sockets.
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +59,8 @@ from tests.support.peers import (  # noqa: E402
 
 SHARED_CT = "ct-lidc-idri-0314/series.tar.xz"
 PARALLEL = 4
+#: Parallel associations of the memory measurement.
+MEMORY_PARALLEL = 32
 
 
 @dataclass
@@ -66,6 +72,8 @@ class Target:
     port: int
     clear: Callable[[], None]
     pids: Callable[[], list[int]]
+    #: Processes whose trees hold the receiver's associations (memory measurement).
+    memory_roots: Callable[[], list[int]] = list
 
 
 @dataclass
@@ -122,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             files, work, storescu=storescu, storescp=storescp, orthanc=orthanc, runs=args.runs
         )
         _table(rows, len(files), total)
+        _memory_table(_measure_memory(files, work, storescu=storescu, storescp=storescp))
     return 0
 
 
@@ -202,20 +211,20 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
-def _node_settings(work: Path, *, fsync: bool) -> Settings:
+def _node_settings(work: Path, *, fsync: bool, **node: object) -> Settings:
     # Defaults a user gets, but for where the data goes and the port.
     return validate_settings(
         {
             "data_dir": str(work),
-            "node": {"host": LOCALHOST, "port": free_port(), "fsync": fsync},
+            "node": {"host": LOCALHOST, "port": free_port(), "fsync": fsync, **node},
             "routes": [],
         }
     )
 
 
 @contextlib.contextmanager
-def _node(work: Path, *, fsync: bool) -> Iterator[Target]:
-    settings = _node_settings(work, fsync=fsync)
+def _node(work: Path, *, fsync: bool, **node_settings: object) -> Iterator[Target]:
+    settings = _node_settings(work, fsync=fsync, **node_settings)
     with Node(settings) as node:
 
         def clear() -> None:
@@ -230,6 +239,9 @@ def _node(work: Path, *, fsync: bool) -> Iterator[Target]:
             port=node.port,
             clear=clear,
             pids=lambda: [os.getpid(), *node.scp.pids],
+            # The node runs in this process, whose memory is the benchmark's too: its
+            # receiving processes, where associations live, are what is measured.
+            memory_roots=lambda: list(node.scp.pids),
         )
 
 
@@ -250,6 +262,9 @@ def _storescp(work: Path, binary: Path) -> Iterator[Target]:
             port=server.port,
             clear=clear,
             pids=list,  # not measured: forked children's CPU is not ours to read
+            memory_roots=lambda: (
+                [server.process.pid] if server.process and server.process.pid else []
+            ),
         )
     finally:
         server.stop()
@@ -356,6 +371,111 @@ def _send_ours(target: Target, files: Sequence[Path]) -> Sample:
     if not report.ok:
         raise RuntimeError(f"our SCU failed: {report.failed[0].reason}")
     return Sample(wall, cpu)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux /proc)."""
+    try:
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return []
+    return [pid, *(p for child in children for p in _tree(child))]
+
+
+def _rss_mib(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+class _PeakSampler:
+    """The largest resident memory of a process tree, sampled every 20 ms."""
+
+    def __init__(self, roots: Callable[[], list[int]]) -> None:
+        self._roots = roots
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            pids = [p for root in self._roots() for p in _tree(root)]
+            self.peak = max(self.peak, _rss_mib(pids))
+
+
+@dataclass
+class MemoryRow:
+    receiver: str
+    idle: float
+    one: float
+    many: float
+
+
+def _measure_memory(
+    files: list[Path], work: Path, *, storescu: Path, storescp: Path
+) -> list[MemoryRow]:
+    rows = []
+    print(f"  memory: 1 and {MEMORY_PARALLEL} associations ...", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        node = stack.enter_context(
+            _node(work / "node-memory", fsync=True, max_associations=2 * MEMORY_PARALLEL)
+        )
+        scp = stack.enter_context(_storescp(work / "storescp-memory", storescp))
+        for target, name in (
+            (node, "pacs-ai node (receiving processes)"),
+            (scp, "DCMTK storescp --fork"),
+        ):
+            roots = target.memory_roots
+            idle = _rss_mib([p for root in roots() for p in _tree(root)])
+            peaks = []
+            for parallel in (1, MEMORY_PARALLEL):
+                with _PeakSampler(roots) as sampler:
+                    _send(storescu, target, files, parallel)
+                peaks.append(sampler.peak)
+            rows.append(MemoryRow(name, idle, peaks[0], peaks[1]))
+    return rows
+
+
+def _memory_table(rows: list[MemoryRow]) -> None:
+    print()
+    header = (
+        f"{'receiver':<36} {'idle MiB':>9} {'1 assoc. peak':>14} "
+        f"{f'{MEMORY_PARALLEL} assoc. peak':>15} {'per association':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    per = {}
+    for row in rows:
+        per[row.receiver] = (row.many - row.idle) / MEMORY_PARALLEL
+        print(
+            f"{row.receiver:<36} {row.idle:>9.0f} {row.one:>14.0f} {row.many:>15.0f} "
+            f"{per[row.receiver]:>13.1f} MiB"
+        )
+    node, scp = (per[row.receiver] for row in rows)
+    print(f"memory per association, node / storescp: {node / scp:.2f}")
+    print(
+        "peak: resident memory of the receiver's processes sampled every 20 ms while the "
+        "series arrives"
+    )
 
 
 # --------------------------------------------------------------------------- output
