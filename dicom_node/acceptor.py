@@ -342,6 +342,11 @@ class _Association:
                 # The association ended inside a message: nothing of it is kept.
                 self.sink.discard()
                 self.failed += 1
+            # The reader's callback refers back to this association: a cycle that would
+            # keep the reader's buffer (up to a PDU) and the command buffer alive until the
+            # garbage collector ran. Broken here, they go with the connection.
+            self.reader.keep_waiting = _give_up
+            self.command_buffer = bytearray()
 
     def _on_pdv(self, context: NegotiatedContext, control: int, data: memoryview) -> None:
         """One fragment of a command or of a data set (PS3.8 E.2)."""
@@ -435,6 +440,10 @@ class _Sink:
     write: Callable[[memoryview], None]
     finish: Callable[[], tuple[Status, str]]
     discard: Callable[[], None]
+
+
+def _give_up(_silent: float) -> bool:
+    return False
 
 
 def _decode(data: bytearray) -> Command:

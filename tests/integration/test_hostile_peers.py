@@ -7,6 +7,7 @@ storescu is still served afterwards.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -373,3 +374,23 @@ def _associates(port: int, contexts: list[tuple[str, str]], calling_ae: str) -> 
     except AssociationFailedError:
         return False
     return True
+
+
+def test_an_ended_association_is_freed_at_once_not_left_to_the_garbage_collector(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    from dicom_node import acceptor  # noqa: PLC0415 -- its private class is what is counted
+
+    def live() -> int:
+        return sum(isinstance(o, acceptor._Association) for o in gc.get_objects())
+
+    with start_node(tmp_path / "data", receiver_processes=0) as node:
+        gc.collect()
+        gc.disable()
+        try:
+            _still_serves(node, dicom_factory)
+            wait_for(lambda: node.scp.stats["associations"] == 1, 10, "the association")
+            # Without the garbage collector, only reference counting frees it.
+            wait_for(lambda: live() == 0, 10, "the association freed")
+        finally:
+            gc.enable()
