@@ -2,7 +2,11 @@
 
 A job is one model run on one series for one route. Its life (DESIGN.md):
 RECEIVING -> READY -> QUEUED -> RUNNING -> DELIVERING -> DONE, or FAILED with a reason,
-or RETRYING after a transient failure. Every transition is a ledger row with its time.
+or RETRYING after a transient failure, or NEEDS_REVIEW when its result is outside what the
+model declares plausible and its route holds such results. A routed model that cannot
+accept the series (decided from its headers when it completes, see
+:mod:`models.acceptance`) gets a job in NOT_APPLICABLE with the reason, never queued.
+Every transition is a ledger row with its time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ class JobState(StrEnum):
     DONE = "DONE"
     FAILED = "FAILED"
     RETRYING = "RETRYING"
+    #: The result is outside what its model declares plausible and is held (route
+    #: ``on_implausible: hold``): not delivered until an operator releases it.
+    NEEDS_REVIEW = "NEEDS_REVIEW"
+    #: The routed model cannot accept the series (modality, attributes, extent ...),
+    #: decided from its headers when it completed: never queued; the reason says why.
+    NOT_APPLICABLE = "NOT_APPLICABLE"
 
 
 _S = JobState
@@ -29,19 +39,26 @@ _S = JobState
 #: mid-job (acks_late); RUNNING -> QUEUED: the reconciler queued it again because its
 #: worker stopped answering; DONE/FAILED -> READY is a re-run (late or re-sent instances,
 #: or an operator's retry), which replaces the results because their UIDs are
-#: deterministic; DONE/FAILED -> DELIVERING is ``pacs-ai resend``.
+#: deterministic; DONE/FAILED -> DELIVERING is ``pacs-ai resend``. NEEDS_REVIEW (a result
+#: held for review) -> DELIVERING is an operator's release, -> FAILED a discard, -> READY
+#: a re-run. -> NOT_APPLICABLE: the series, completed (again), is one the model cannot
+#: accept; NOT_APPLICABLE -> READY: received again, it now is.
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _S.RECEIVING: frozenset({_S.READY, _S.FAILED}),
-    _S.READY: frozenset({_S.QUEUED, _S.FAILED}),
+    _S.READY: frozenset({_S.QUEUED, _S.FAILED, _S.NOT_APPLICABLE}),
     _S.QUEUED: frozenset({_S.READY, _S.QUEUED, _S.RUNNING, _S.FAILED}),
-    _S.RUNNING: frozenset({_S.QUEUED, _S.RUNNING, _S.DELIVERING, _S.RETRYING, _S.FAILED}),
+    _S.RUNNING: frozenset(
+        {_S.QUEUED, _S.RUNNING, _S.DELIVERING, _S.RETRYING, _S.FAILED, _S.NEEDS_REVIEW}
+    ),
     _S.RETRYING: frozenset({_S.QUEUED, _S.RUNNING, _S.FAILED}),
     _S.DELIVERING: frozenset({_S.DONE, _S.RETRYING, _S.FAILED}),
-    _S.DONE: frozenset({_S.READY, _S.DELIVERING}),
-    _S.FAILED: frozenset({_S.READY, _S.DELIVERING}),
+    _S.DONE: frozenset({_S.READY, _S.DELIVERING, _S.NOT_APPLICABLE}),
+    _S.FAILED: frozenset({_S.READY, _S.DELIVERING, _S.NOT_APPLICABLE}),
+    _S.NEEDS_REVIEW: frozenset({_S.READY, _S.DELIVERING, _S.FAILED, _S.NOT_APPLICABLE}),
+    _S.NOT_APPLICABLE: frozenset({_S.READY}),
 }
 
-TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.NOT_APPLICABLE})
 
 
 class SeriesState(StrEnum):

@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 
 #: UIDs per IN (...) query: well below SQLite's bound-parameter limit.
 _IN_CHUNK = 500
+#: States in which a job has stopped running: instances arriving later re-run it now (a
+#: result held for review, NEEDS_REVIEW, included: it was made without them).
+_SETTLED = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.NEEDS_REVIEW, JobState.NOT_APPLICABLE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,7 +610,7 @@ class Ledger:
                         .where(jobs_table.c.job_id == job_id)
                         .values(input_received_at=series.last_received_at, updated_at=now)
                     )
-                elif current not in (JobState.DONE, JobState.FAILED):
+                elif current not in _SETTLED:
                     # In flight: it may have read the series before the late instances came,
                     # so it runs again when it ends (see transition()).
                     conn.execute(
@@ -644,6 +649,99 @@ class Ledger:
                         reason=reason or "series received again",
                     )
         return self.get_job(job_id)
+
+    def record_not_applicable(
+        self,
+        series: SeriesRecord,
+        *,
+        route: str,
+        model_id: str,
+        destinations: Sequence[str],
+        priority: int,
+        reason: str,
+    ) -> JobRecord:
+        """Record that the route's model cannot accept the series (decided from its
+        headers): the job for (series, route, model) in NOT_APPLICABLE with ``reason``.
+        It is never queued; it is listed, counted and shown like any job.
+
+        A new job gets a RECEIVING event at the series' first arrival and a
+        NOT_APPLICABLE event now. An existing job is left alone when nothing new arrived
+        since it was opened; one in flight runs again when it ends (its worker then
+        refuses the series for the same reason); any other becomes NOT_APPLICABLE now.
+        """
+        now = time.time()
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(jobs_table)
+                .where(jobs_table.c.series_uid == series.series_instance_uid)
+                .where(jobs_table.c.route == route)
+                .where(jobs_table.c.model_id == model_id)
+            ).first()
+            if row is None:
+                job_id = uuid.uuid4().hex
+                conn.execute(
+                    insert(jobs_table).values(
+                        job_id=job_id,
+                        series_uid=series.series_instance_uid,
+                        study_uid=series.study_instance_uid,
+                        route=route,
+                        model_id=model_id,
+                        destinations=json.dumps(list(destinations)),
+                        priority=priority,
+                        state=JobState.NOT_APPLICABLE.value,
+                        reason=reason,
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                        rerun_pending=0,
+                        input_received_at=series.last_received_at,
+                    )
+                )
+                _add_event(conn, job_id, JobState.RECEIVING, at=series.first_received_at)
+                _add_event(conn, job_id, JobState.NOT_APPLICABLE, at=now, reason=reason)
+                return self._job_in(conn, job_id)
+            job_id = row.job_id
+            current = JobState(row.state)
+            if series.last_received_at <= row.input_received_at:
+                pass
+            elif current not in _SETTLED and current != JobState.READY:
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.job_id == job_id)
+                    .values(rerun_pending=1, updated_at=now)
+                )
+                _add_event(
+                    conn,
+                    job_id,
+                    current,
+                    at=now,
+                    reason="instances arrived while the job was in flight; it will run again",
+                    kind="note",
+                )
+            else:
+                conn.execute(
+                    update(jobs_table)
+                    .where(jobs_table.c.job_id == job_id)
+                    .values(
+                        state=JobState.NOT_APPLICABLE.value,
+                        reason=reason,
+                        attempts=0,
+                        destinations=json.dumps(list(destinations)),
+                        priority=priority,
+                        updated_at=now,
+                        rerun_pending=0,
+                        input_received_at=series.last_received_at,
+                    )
+                )
+                # Already NOT_APPLICABLE: the new instances did not change that (a note).
+                kind = "note" if current == JobState.NOT_APPLICABLE else "transition"
+                _add_event(conn, job_id, JobState.NOT_APPLICABLE, at=now, reason=reason, kind=kind)
+            return self._job_in(conn, job_id)
+
+    @staticmethod
+    def _job_in(conn: Connection, job_id: str) -> JobRecord:
+        row = conn.execute(select(jobs_table).where(jobs_table.c.job_id == job_id)).one()
+        return _job_record(row)
 
     def transition(
         self,
@@ -695,7 +793,7 @@ class Ledger:
                 values["worker"] = str(detail["worker"])
             conn.execute(update(jobs_table).where(jobs_table.c.job_id == job_id).values(**values))
             _add_event(conn, job_id, state, at=now, reason=event_reason or reason, detail=detail)
-            if state in (JobState.DONE, JobState.FAILED) and row.rerun_pending:
+            if state in _SETTLED and row.rerun_pending:
                 _rerun(conn, row, now)
         return self.get_job(job_id)
 

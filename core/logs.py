@@ -3,7 +3,7 @@
 Modules log with ``logging.getLogger(__name__)`` and %-style arguments. Job and series
 identifiers travel in context variables, so that every line logged while a job runs names
 it without each call passing it. Patient-identifying data is never logged above DEBUG:
-log UIDs, not names.
+log UIDs, not names; what libraries say goes through :mod:`core.library_logs`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
+
+from core.library_logs import install_library_log_guard
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     "pacs_ai_log_context",
@@ -102,3 +104,6 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text"
     # pydicom's own warnings quote element values, which may be patient names; our readers
     # report the same problems per SOP instance, naming the attribute but not its value.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # Python warnings and what pydicom, highdicom and pynetdicom log: without their text
+    # (which may quote patient data) above DEBUG.
+    install_library_log_guard()

@@ -15,6 +15,9 @@ A rule says which received series go to which models and destinations, and when:
     ``series`` (default): jobs open when the series is complete. ``study``: when the whole
     study is (see :class:`core.settings.CompletionSettings`), optionally as soon as every
     ``complete_when`` condition is met by some received series.
+``on_implausible``
+    ``hold`` (default) or ``deliver_flagged``: what happens to a result outside what its
+    model declares plausible (see :mod:`inference.plausibility`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class SeriesCondition(_Section):
     """A study is complete early once some received series matches and is this large."""
 
     match: dict[str, MatchValue] = {}
+    #: Images received: instances, each frame of an enhanced multi-frame instance counting
+    #: as one (such a series is often a single instance).
     min_instances: Annotated[int, Field(ge=1)] = 1
 
     _keywords = field_validator("match")(_check_keywords)
@@ -99,6 +104,11 @@ class RouteSettings(_Section):
     forward_originals_to: list[str] = []
     #: 0 is the most urgent; urgent jobs are taken from the queue first.
     priority: Annotated[int, Field(ge=0, le=9)] = 5
+    #: A result outside its model's expectations (``expect:`` in the model package):
+    #: ``hold`` keeps it undelivered, the job NEEDS_REVIEW until an operator releases or
+    #: discards it; ``deliver_flagged`` delivers it with Series Descriptions starting
+    #: ``CHECK`` and the SR saying what was out of range.
+    on_implausible: Literal["hold", "deliver_flagged"] = "hold"
 
     _keywords = field_validator("match")(_check_keywords)
 

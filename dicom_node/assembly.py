@@ -18,7 +18,10 @@ sender that resumes after the outage is not cut off by a completion at start-up.
 
 On completion each matching route (``routing.mode``: all, or the first) opens one job
 per model (READY, then QUEUED on the broker) and puts the received instances in the
-outbox of its ``forward_originals_to`` destinations.
+outbox of its ``forward_originals_to`` destinations. A model whose manifest's ``accepts``
+the series' headers do not meet (:mod:`models.acceptance`: modality, attributes such as
+EchoTime, physical extent; no pixel is read) gets its job in NOT_APPLICABLE with the
+reason instead, never queued.
 Series no route matches are recorded UNROUTED with every rule's reason.
 
 Late instances: any arrival puts its series (and study) back to RECEIVING; when it
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -48,6 +51,8 @@ from core.settings import CompletionSettings
 from dicom_node.header import read_stored_header
 from dicom_node.recorder import IngestRecorder
 from dicom_node.routing import Arrival, Router, matches_conditions
+from models.acceptance import SeriesFacts, facts_from_files, needs_geometry, refusal
+from models.manifest import ModelManifest
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +83,10 @@ class CompletionWatcher:
         router: Router,
         queue: JobQueue,
         clock: Callable[[], float] = time.time,
+        manifests: Mapping[str, ModelManifest] | None = None,
     ) -> None:
+        """``manifests``: the installed models' manifests by id, whose ``accepts`` each
+        completed series is checked against (a model not in it is queued unchecked)."""
         self.settings = settings
         self._ledger = ledger
         self._outbox = Outbox(ledger)
@@ -95,6 +103,9 @@ class CompletionWatcher:
         # While the broker is away, READY jobs are retried with backoff, not every tick.
         self._next_queue_attempt = 0.0
         self._queue_backoff = 1.0
+        self._manifests: Mapping[str, ModelManifest] = manifests or {}
+        # Header facts of the series routed in this pass, by (UID, last arrival, geometry).
+        self._facts: dict[tuple[str, float, bool], SeriesFacts | None] = {}
 
     def start(self) -> None:
         self._loop.start()
@@ -112,6 +123,7 @@ class CompletionWatcher:
         """Complete what is complete, route it, queue READY jobs; return the jobs queued."""
         # Arrivals still in the recorder's hands would make a series look quieter than it is.
         self._recorder.flush()
+        self._facts.clear()
         now = self._clock()
         for series in self._complete_series(now):
             with log_context(series_uid=series.series_instance_uid):
@@ -265,8 +277,8 @@ class CompletionWatcher:
                 continue
             if all(
                 any(
-                    s.instance_count >= condition.min_instances
-                    and (header := headers.get(s.series_instance_uid)) is not None
+                    (header := headers.get(s.series_instance_uid)) is not None
+                    and _images(s, header) >= condition.min_instances
                     and matches_conditions(condition.match, header)
                     for s in series
                 )
@@ -279,6 +291,20 @@ class CompletionWatcher:
 
     def _apply(self, route: RouteSettings, series: SeriesRecord, *, reason: str) -> None:
         for model_id in route.models:
+            refused = self._refusal(model_id, series)
+            if refused is not None:
+                job = self._ledger.record_not_applicable(
+                    series,
+                    route=route.name,
+                    model_id=model_id,
+                    destinations=route.send_results_to,
+                    priority=route.priority,
+                    reason=refused,
+                )
+                # The reason may quote header values (descriptions): DEBUG only.
+                logger.info("job %s: %s is not applicable to the series", job.job_id, model_id)
+                logger.debug("job %s: %s", job.job_id, refused)
+                continue
             self._ledger.open_job(
                 series,
                 route=route.name,
@@ -307,6 +333,39 @@ class CompletionWatcher:
                 len(instances),
                 ", ".join(route.forward_originals_to),
             )
+
+    def _refusal(self, model_id: str, series: SeriesRecord) -> str | None:
+        """Why ``model_id`` cannot take the series, from its headers; ``None``: it can
+        (or no manifest or header says otherwise)."""
+        manifest = self._manifests.get(model_id)
+        if manifest is None:
+            return None
+        # Every instance's geometry is read only for a model with an extent condition.
+        geometry = needs_geometry(manifest.accepts)
+        key = (series.series_instance_uid, series.last_received_at, True)
+        if not geometry and key not in self._facts:
+            key = (series.series_instance_uid, series.last_received_at, False)
+        if key not in self._facts:
+            self._facts[key] = self._series_facts(series, geometry=geometry)
+        facts = self._facts[key]
+        return None if facts is None else refusal(manifest, facts)
+
+    def _series_facts(self, series: SeriesRecord, *, geometry: bool) -> SeriesFacts | None:
+        paths = [Path(i.path) for i in self._ledger.series_instances(series.series_instance_uid)]
+        if not paths:
+            return None
+        try:
+            return facts_from_files(
+                paths, geometry=geometry, read=read_stored_header, read_geometry=read_stored_header
+            )
+        except Exception as exc:  # noqa: BLE001 -- the worker then decides on the pixels
+            logger.warning(
+                "cannot read the series' headers to check what its models accept (%s: %s); "
+                "its jobs are queued and the workers check",
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
     def _header(self, series: SeriesRecord) -> Dataset | None:
         instances = self._ledger.series_instances(series.series_instance_uid)
@@ -349,3 +408,13 @@ class CompletionWatcher:
             self._queue_backoff = 1.0
             queued.append(job)
         return queued
+
+
+def _images(series: SeriesRecord, header: Dataset) -> int:
+    """The images of a series: its instances, an enhanced multi-frame instance counted by
+    its frames (Number of Frames of the first instance, standing for all of them)."""
+    try:
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    return series.instance_count * max(frames, 1)

@@ -36,7 +36,7 @@ COPY models ./models
 COPY workers ./workers
 COPY monitor ./monitor
 COPY pacs_ai ./pacs_ai
-RUN pip install ".[tensorrt,onnx]" && pacs-ai --help > /dev/null
+RUN pip install ".[tensorrt,onnx,codecs]" && pacs-ai --help > /dev/null
 
 COPY docker/config.yaml /etc/pacs-ai/config.yaml
 

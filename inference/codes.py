@@ -47,6 +47,8 @@ MAXIMUM = Code("56851009", "SCT", "Maximum")
 #: Area of a segment's outline on its key slice (TID 1410), CID 7469 / 7181.
 AREA = Code("42798000", "SCT", "Area")
 SQUARE_MILLIMETER = Code("mm2", "UCUM", "square millimeter")
+#: Areas (a pixel count) on a radiograph without pixel spacing (UCUM annotation).
+PIXELS = Code("{pixels}", "UCUM", "pixels")
 
 # --- Classification findings (TID 1501 qualitative evaluation + probability) -----------
 
@@ -61,6 +63,12 @@ NO_UNITS = Code("1", "UCUM", "no units")
 #: labels a model did not find are reported Absent). A UMLS concept that pydicom's copy
 #: of PS3.16 lacks; DCMTK's dcmsr names it CODE_UMLS_QualitativeEvaluations.
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+#: A result outside what its model declares plausible (``expect:``), delivered flagged:
+#: "Quality Control" (CID 6051 et al.) evaluated as "Value out of range" (CID 42), with a
+#: "Comment" (CID 12101) per value saying what was out of range (TID 1500 rows 13-14).
+QUALITY_CONTROL = Code("110002", "DCM", "Quality Control")
+VALUE_OUT_OF_RANGE = Code("114009", "DCM", "Value out of range")
+COMMENT = Code("121106", "DCM", "Comment")
 
 # --- Equipment and documents ---------------------------------------------------------
 
@@ -116,11 +124,15 @@ ALL_CODES: tuple[Code, ...] = (
     MAXIMUM,
     AREA,
     SQUARE_MILLIMETER,
+    PIXELS,
     PRESENT,
     ABSENT,
     PROBABILITY,
     NO_UNITS,
     QUALITATIVE_EVALUATIONS,
+    QUALITY_CONTROL,
+    VALUE_OUT_OF_RANGE,
+    COMMENT,
     PROCESSING_EQUIPMENT,
     DIAGNOSTIC_IMAGING_REPORT,
     ANATOMICAL_STRUCTURE,

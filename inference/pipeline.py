@@ -31,8 +31,10 @@ from inference.backends import Fallback, open_backend
 from inference.backends.base import BackendOptions, InputShapes
 from inference.postprocess import activate, keep_largest_components, to_source_labels
 from inference.preprocess import Prepared, prepare
+from inference.preprocess2d import to_network_channels
 from inference.sliding_window import WindowStats, sliding_window
 from inference.volume import Volume
+from models.acceptance import facts_from_volume, refusals
 from models.manifest import ClassSpec, ModelManifest, SlidingWindowSpec, WholeVolumeSpec
 from models.registry import ModelPackage
 
@@ -71,30 +73,23 @@ class Prediction:
 
 
 def check_accepts(manifest: ModelManifest, volume: Volume) -> None:
-    """Refuse a volume the model does not accept (modality, body part, slice count).
+    """Refuse a volume the model does not accept: the manifest's ``accepts`` (modality,
+    body part, slice count, header attributes, physical extent) decided as the node
+    decides it from the headers (:mod:`models.acceptance`), on the loaded volume.
 
     Raises:
         InvalidInputError: naming what the model accepts and what the series is.
     """
     accepts = manifest.accepts
-    problems: list[str] = []
-    if volume.modality not in accepts.modalities:
-        problems.append(
-            f"modality {volume.modality or '(none)'} is not one the model accepts "
-            f"({', '.join(accepts.modalities)})"
-        )
-    body_part = (
-        str(volume.source_headers[0].get("BodyPartExamined", "")).upper()
-        if (volume.source_headers)
-        else ""
+    facts = facts_from_volume(
+        modality=volume.modality,
+        header=volume.source_headers[0] if volume.source_headers else None,
+        shape=volume.shape,
+        spacing=volume.spacing,
+        direction=volume.direction,
     )
-    if accepts.body_parts and body_part and body_part not in accepts.body_parts:
-        problems.append(
-            f"body part {body_part} is not one the model accepts ({', '.join(accepts.body_parts)})"
-        )
+    problems = refusals(accepts, facts)
     slices = volume.shape[0]
-    if slices < accepts.min_slices:
-        problems.append(f"{slices} slices, the model needs at least {accepts.min_slices}")
     if accepts.dims == 2 and manifest.task == "classification" and slices != 1:
         problems.append(f"a 2D classification model takes one image; the series has {slices}")
     if problems:
@@ -113,18 +108,31 @@ def network_input_shapes(manifest: ModelManifest) -> InputShapes | None:
     """
     inference = manifest.inference
     channels_last = manifest.preprocessing.channel_layout == "channels_last"
+    channels = manifest.preprocessing.channels
 
     def full(batch: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return (batch, *spatial, 1) if channels_last else (batch, 1, *spatial)
+        return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
 
     if isinstance(inference, SlidingWindowSpec):
         shape = full(inference.batch_size, inference.roi_size)
+        return InputShapes(min=shape, opt=shape, max=shape)
+    resize = manifest.preprocessing.resize
+    if resize is not None:
+        shape = full(1, tuple(_round_up(v, inference.pad_to_multiple) for v in resize.shape))
         return InputShapes(min=shape, opt=shape, max=shape)
     target = manifest.preprocessing.target_shape
     if target is not None and manifest.preprocessing.crop_foreground is None:
         padded = tuple(_round_up(v, inference.pad_to_multiple) for v in target)
         shape = full(1, padded)
         return InputShapes(min=shape, opt=shape, max=shape)
+    crop = manifest.preprocessing.crop_foreground
+    if target is not None and crop is not None and inference.max_shape is None:
+        # The foreground box is at most the target plus its margin on each side (the
+        # margin is padded beyond the grid with beyond_image: pad).
+        extra = 2 * crop.margin if crop.beyond_image == "pad" else 0
+        largest = tuple(_round_up(v + extra, inference.pad_to_multiple) for v in target)
+        smallest = tuple(inference.pad_to_multiple for _ in target)
+        return InputShapes(min=full(1, smallest), opt=full(1, largest), max=full(1, largest))
     if inference.max_shape is not None:
         smallest = tuple(inference.pad_to_multiple for _ in inference.max_shape)
         middle = tuple(
@@ -331,7 +339,9 @@ class ModelRunner:
     def _call(self, batch: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """One network call on ``[N, C, *spatial]`` (channels first), output channels first."""
         network = self.manifest.network
-        channels_last = self.manifest.preprocessing.channel_layout == "channels_last"
+        pre = self.manifest.preprocessing
+        channels_last = pre.channel_layout == "channels_last"
+        batch = to_network_channels(batch, channels=pre.channels, normalize=pre.normalize)
         tensor = batch.movedim(1, -1).contiguous() if channels_last else batch
         inputs = {network.input_name: tensor}
         if network.spacing_input_name is not None:

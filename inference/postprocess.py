@@ -1,7 +1,8 @@
 """From the network's output back to labels on the source grid (or class probabilities).
 
 Segmentation: logits become probabilities (softmax over channels, or sigmoid for one
-channel), the crop is undone (background outside the box), the resampling is undone
+channel), the crop is undone (background outside the box; the part of the box padded
+beyond the grid is dropped), the resampling is undone
 (``linear``: the probabilities are resampled and then reduced, as MONAI's ``Invertd`` and
 deepbrain do; ``nearest``: the labels are reduced first), and the labels are reduced by
 argmax or threshold. All of it runs on the output's device; only the final label map
@@ -16,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from inference.preprocess import Prepared
+from inference.preprocess2d import ResizePlan
 from models.manifest import ModelManifest
 
 
@@ -54,13 +56,15 @@ def reduce(probabilities: torch.Tensor, manifest: ModelManifest) -> torch.Tensor
 
 
 def uncrop(tensor: torch.Tensor, prepared: Prepared, *, background_one_hot: bool) -> torch.Tensor:
-    """Place ``[1, C, *box]`` back into the uncropped network grid, background outside."""
+    """Place ``[1, C, *box]`` back into the uncropped network grid, background outside;
+    the part of the box beyond the grid (padding) is cut off."""
     if prepared.crop is None:
         return tensor
     full = tensor.new_zeros((*tensor.shape[:2], *prepared.grid_shape))
     if background_one_hot:
         full[:, 0] = 1
-    full[(slice(None), slice(None), *prepared.crop)] = tensor
+    on_grid, in_box = prepared.crop.overlap(prepared.grid_shape)
+    full[(slice(None), slice(None), *on_grid)] = tensor[(slice(None), slice(None), *in_box)]
     return full
 
 
@@ -72,6 +76,8 @@ def to_source_labels(
     ``output`` is the network's output on the network grid, ``[1, C, *crop box]``.
     """
     post = manifest.postprocessing
+    if prepared.resize is not None:
+        return _resized_back(output, prepared.resize, manifest)
     if manifest.network.output_kind == "labels" or post.reduce == "none":
         labels = uncrop(output[:, :1], prepared, background_one_hot=False)[0, 0]
         if prepared.resampling is not None:
@@ -93,8 +99,9 @@ def to_source_labels(
             difference = probabilities[:, 1:] - probabilities[:, :1]
             full = uncrop(difference, prepared, background_one_hot=False)
             if prepared.crop is not None:
+                on_grid, _ = prepared.crop.overlap(prepared.grid_shape)
                 outside = torch.ones_like(full, dtype=torch.bool)
-                outside[(slice(None), slice(None), *prepared.crop)] = False
+                outside[(slice(None), slice(None), *on_grid)] = False
                 full[outside] = -1.0
             return (inverse.apply(full, "linear")[0, 0] > 0).to(torch.uint8)
         probabilities = uncrop(probabilities, prepared, background_one_hot=True)
@@ -104,6 +111,19 @@ def to_source_labels(
     if prepared.resampling is not None:
         labels = prepared.resampling.inverse().apply(labels, "nearest")
     return labels
+
+
+def _resized_back(output: torch.Tensor, plan: ResizePlan, manifest: ModelManifest) -> torch.Tensor:
+    """Labels of a 2D model whose images were resized (no crop, no resampling there):
+    probabilities back to the images' own size and reduced (``linear``), or reduced first
+    (``nearest``)."""
+    post = manifest.postprocessing
+    if manifest.network.output_kind == "labels" or post.reduce == "none":
+        return plan.to_source(output[0, 0], "nearest")
+    probabilities = activate(output, manifest)
+    if post.resample_back == "linear":
+        return reduce(plan.to_source(probabilities, "linear"), manifest)
+    return plan.to_source(reduce(probabilities, manifest), "nearest")
 
 
 def keep_largest_components(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.integer]:

@@ -1,17 +1,25 @@
 """Preprocessing as tensor operations on the worker's device: the manifest's recipe.
 
 In order (each step optional, each a torch operation on whatever device the volume is on):
-reorientation (permute + flip), resampling (:mod:`inference.resample`), intensity scaling,
-foreground crop. :class:`Prepared` remembers what was done, so the postprocessing can
-undo it exactly on the network's output.
+the source's VOI LUT (``voi``), reorientation (permute + flip; none for a projection
+radiograph), resampling (:mod:`inference.resample`), intensity scaling, foreground crop,
+and for 2D models the resize / letterbox to the network's input
+(:mod:`inference.preprocess2d`). :class:`Prepared` remembers what was done, so the
+postprocessing can undo it exactly on the network's output.
+
+The foreground crop's box may reach beyond the grid (a head that fills the field of
+view, with the recipe's margin around it): the part outside is padded with the
+manifest's background value, and the postprocessing keeps only the part on the grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from inference.preprocess2d import ResizePlan, apply_voi, resize_plan
 from inference.resample import Resampling, for_shape, for_spacing, resampled_spacing
 from inference.transforms import Reorientation, plan_reorientation
 from inference.volume import Volume
@@ -28,10 +36,38 @@ class Prepared:
     reorientation: Reorientation
     #: Source grid (reoriented) -> network grid, or ``None`` when the grid is kept.
     resampling: Resampling | None
-    #: The crop box on the network grid, or ``None``.
-    crop: tuple[slice, slice, slice] | None
+    #: The crop box on the network grid (it may reach beyond it), or ``None``.
+    crop: CropBox | None
     #: Shape of the network grid before the crop.
     grid_shape: tuple[int, int, int]
+    #: 2D models: each image resized (or letterboxed) to the network's input, or ``None``.
+    resize: ResizePlan | None = None
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A box ``[start, stop)`` per axis on a grid; it may reach beyond the grid's edges."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        z, y, x = (b - a for a, b in zip(self.start, self.stop, strict=True))
+        return (z, y, x)
+
+    def overlap(
+        self, grid_shape: Sequence[int]
+    ) -> tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]:
+        """Where the box and a grid of ``grid_shape`` overlap: (the grid's slices, the
+        box's slices) of the same region."""
+        on_grid: list[slice] = []
+        in_box: list[slice] = []
+        for start, stop, size in zip(self.start, self.stop, grid_shape, strict=True):
+            first, last = max(start, 0), min(stop, int(size))
+            on_grid.append(slice(first, last))
+            in_box.append(slice(first - start, last - start))
+        return (on_grid[0], on_grid[1], on_grid[2]), (in_box[0], in_box[1], in_box[2])
 
 
 def reorient_tensor(tensor: torch.Tensor, plan: Reorientation) -> torch.Tensor:
@@ -99,12 +135,15 @@ def percentile(voxels: torch.Tensor, q: float) -> torch.Tensor:
     return low + (high - low) * fraction
 
 
-def foreground_box(
-    voxels: torch.Tensor, spec: CropForegroundSpec
-) -> tuple[slice, slice, slice] | None:
-    """The bounding box of ``voxels > threshold`` plus the margin, or ``None`` if empty."""
+def foreground_box(voxels: torch.Tensor, spec: CropForegroundSpec) -> CropBox | None:
+    """The bounding box of ``voxels > threshold`` plus the margin, or ``None`` if empty.
+
+    ``beyond_image: pad`` keeps the whole margin (the box may reach beyond the grid);
+    ``clip`` stops it at the grid's edges.
+    """
     mask = voxels > spec.threshold
-    box = []
+    starts: list[int] = []
+    stops: list[int] = []
     for axis in range(3):
         others = [a for a in range(3) if a != axis]
         present = mask.any(dim=others[1]).any(dim=others[0]).nonzero()
@@ -112,14 +151,31 @@ def foreground_box(
             return None
         first = int(present[0]) - spec.margin
         last = int(present[-1]) + 1 + spec.margin
-        box.append(slice(max(first, 0), min(last, voxels.shape[axis])))
-    return (box[0], box[1], box[2])
+        if spec.beyond_image == "clip":
+            first, last = max(first, 0), min(last, int(voxels.shape[axis]))
+        starts.append(first)
+        stops.append(last)
+    return CropBox(start=(starts[0], starts[1], starts[2]), stop=(stops[0], stops[1], stops[2]))
+
+
+def crop(voxels: torch.Tensor, box: CropBox, spec: CropForegroundSpec) -> torch.Tensor:
+    """``voxels`` inside ``box``, padded with the background value where the box reaches
+    beyond them (a view when it does not)."""
+    on_grid, in_box = box.overlap(voxels.shape)
+    if box.shape == tuple(s.stop - s.start for s in on_grid):
+        return voxels[on_grid]
+    fill = float(voxels.min()) if spec.pad_value == "minimum" else spec.pad_value
+    out = voxels.new_full(box.shape, fill)
+    out[in_box] = voxels[on_grid]
+    return out
 
 
 def prepare(volume: Volume, voxels: torch.Tensor, spec: PreprocessingSpec) -> Prepared:
     """Apply the manifest's preprocessing to ``voxels`` (the volume's, on any device)."""
-    plan = plan_reorientation(volume.direction, spec.orientation)
-    oriented = reorient_tensor(voxels, plan)
+    # A projection radiograph has no patient orientation to reorient by.
+    orientation = "LPS" if volume.projection is not None else spec.orientation
+    plan = plan_reorientation(volume.direction, orientation)
+    oriented = reorient_tensor(apply_voi(volume, voxels, spec.voi), plan)
     spacing = plan.apply_spacing(volume.spacing)
     shape = (int(oriented.shape[0]), int(oriented.shape[1]), int(oriented.shape[2]))
     resampling = resampling_for(spec, shape, spacing)
@@ -129,16 +185,25 @@ def prepare(volume: Volume, voxels: torch.Tensor, spec: PreprocessingSpec) -> Pr
         spacing = (x, y, z)
     scaled = scale_intensity(oriented, spec.intensity)
     grid_shape = (int(scaled.shape[0]), int(scaled.shape[1]), int(scaled.shape[2]))
-    crop = None
+    box = None
     if spec.crop_foreground is not None:
-        crop = foreground_box(scaled, spec.crop_foreground)
-        if crop is not None:
-            scaled = scaled[crop]
+        box = foreground_box(scaled, spec.crop_foreground)
+        if box is not None:
+            scaled = crop(scaled, box, spec.crop_foreground)
+    resize = resize_plan(spec, (grid_shape[1], grid_shape[2]))
+    if resize is not None:
+        scaled = resize.apply(scaled)
+        spacing = (
+            spacing[0] * resize.source[1] / resize.scaled[1],
+            spacing[1] * resize.source[0] / resize.scaled[0],
+            spacing[2],
+        )
     return Prepared(
         voxels=scaled.contiguous(),
         spacing=spacing,
         reorientation=plan,
         resampling=resampling,
-        crop=crop,
+        crop=box,
         grid_shape=grid_shape,
+        resize=resize,
     )

@@ -29,9 +29,11 @@ from pydicom.uid import (
 
 from core.output_profiles import DEFAULT_PROFILE, Compression, EmptyFrames, OutputProfile
 from inference.pipeline import ModelRunner, Prediction
+from inference.plausibility import Plausibility
+from inference.projection import load_projection_for, series_is_projection
 from inference.uids import result_uids
 from inference.volume import Volume, load_series
-from inference.writers import result_series_number, save_dataset
+from inference.writers import result_series_number, save_dataset, series_description
 from inference.writers.findings import SegmentFinding, segment_findings
 from inference.writers.pdf import build_encapsulated_pdf, summary_pdf
 from inference.writers.sc import build_sc_images, render_slice, window_of
@@ -80,6 +82,10 @@ class WrittenResults:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
+#: Series Description of every object of a result delivered flagged starts with this.
+CHECK_PREFIX = "CHECK"
+_LO_MAX = 64
+
 #: JPEG 2000 encoders (OpenJPEG) refuse frames smaller than this along both dimensions.
 _JPEG2000_MIN_SIZE = 32
 
@@ -120,6 +126,10 @@ def load_and_predict(
 ) -> tuple[Volume, Prediction, dict[str, float]]:
     """Read the series (unless ``volume`` was read ahead) and run the model.
 
+    A projection radiograph series is read by :mod:`inference.projection` (the one film
+    the model accepts, see :func:`~inference.projection.load_projection_for`), any other
+    series as a volume.
+
     ``before_predict`` runs between reading and inference (the worker starts reading the
     next series there). The timings include ``decode`` (0 for a volume read ahead).
 
@@ -127,8 +137,10 @@ def load_and_predict(
         InvalidInputError: the series is not a usable volume, or the model refuses it.
     """
     started = time.perf_counter()
+    if volume is None and series_is_projection(paths):
+        volume = load_projection_for(paths, runner.manifest.accepts)
     if volume is None:
-        volume = load_series(paths)
+        volume = load_series(paths, max_missing=runner.manifest.max_missing_slices)
     decode = time.perf_counter() - started
     if before_predict is not None:
         before_predict()
@@ -143,18 +155,24 @@ def write_results(
     *,
     out_dir: Path,
     profiles: Mapping[str, OutputProfile] | None = None,
+    flagged: Plausibility | None = None,
 ) -> WrittenResults:
     """Write what ``profiles`` (name -> profile; default: one default profile) ask for.
 
     The model's manifest (``outputs``) bounds what is written: a classification model
-    has no SEG and no Secondary Capture.
+    has no SEG and no Secondary Capture. ``flagged``: the verdict on a result outside its
+    model's expectations that is delivered anyway (a route's ``on_implausible:
+    deliver_flagged``): every object's Series Description starts with ``CHECK`` and the
+    SR says what was out of range (:mod:`inference.plausibility`).
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
             conform, or the labels do not fit the manifest.
     """
     chosen = dict(profiles) if profiles else {"": DEFAULT_PROFILE}
-    writer = _Writer(volume, prediction, manifest, out_dir)
+    writer = _Writer(
+        volume, prediction, manifest, out_dir, flagged=flagged.problems if flagged else ()
+    )
     deliveries = {name: writer.write(profile) for name, profile in chosen.items()}
     delivered = [f for files in deliveries.values() for f in files]
     first_seg = next((f.sop_instance_uid for f in delivered if f.kind == "seg"), "")
@@ -173,8 +191,16 @@ class _Writer:
     """Builds each result object once, whichever profiles ask for it."""
 
     def __init__(
-        self, volume: Volume, prediction: Prediction, manifest: ModelManifest, out_dir: Path
+        self,
+        volume: Volume,
+        prediction: Prediction,
+        manifest: ModelManifest,
+        out_dir: Path,
+        *,
+        flagged: tuple[str, ...] = (),
     ) -> None:
+        #: What was out of range in a result delivered flagged (empty: a normal result).
+        self.flagged = flagged
         self.volume = volume
         self.prediction = prediction
         self.manifest = manifest
@@ -192,11 +218,22 @@ class _Writer:
         return self._findings
 
     def measurements_ml(self) -> dict[str, float]:
-        if self.prediction.labels is None:
+        # A radiograph's segments have areas (in the SR), not volumes.
+        if self.prediction.labels is None or self.volume.projection is not None:
             return {}
         volumes = {f.label.name: f.volume_ml for f in self.findings}
         volumes["total"] = float(f"{sum(volumes.values()):.6g}")
         return volumes
+
+    def series_number(self, kind: str) -> int:
+        """Series Number of this job's results of ``kind`` (seg, sr, sc, pdf)."""
+        return result_series_number(self.volume.source_headers[0], self.manifest.id, kind)
+
+    def description(self, kind: str) -> str:
+        """Series Description of this job's results of ``kind``: every writer gets it
+        from here (see :func:`inference.writers.series_description`)."""
+        text = series_description(self.manifest, kind, self.volume.source_headers[0])
+        return f"{CHECK_PREFIX} {text}"[:_LO_MAX] if self.flagged else text
 
     def uids(self, kind: str, variant: str = "", index: int | None = None) -> tuple[str, str]:
         uids = result_uids(
@@ -292,7 +329,8 @@ class _Writer:
             self.manifest,
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
-            series_number=result_series_number(self.manifest.id, "seg"),
+            series_number=self.series_number("seg"),
+            description=self.description("seg"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
             segmentation_type=encoding,
@@ -311,10 +349,12 @@ class _Writer:
             self.manifest,
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
-            series_number=result_series_number(self.manifest.id, "sr"),
+            series_number=self.series_number("sr"),
+            description=self.description("sr"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
             findings=self.findings,
+            implausible=self.flagged,
         )
 
     def build_classification_sr(self) -> Dataset:
@@ -325,9 +365,11 @@ class _Writer:
             self.manifest,
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
-            series_number=result_series_number(self.manifest.id, "sr"),
+            series_number=self.series_number("sr"),
+            description=self.description("sr"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
+            implausible=self.flagged,
         )
 
     # --- Secondary Capture and PDF ------------------------------------------------
@@ -345,7 +387,8 @@ class _Writer:
             self.findings,
             self.manifest,
             series_instance_uid=series_uid,
-            series_number=result_series_number(self.manifest.id, "sc"),
+            series_number=self.series_number("sc"),
+            description=self.description("sc"),
             sop_instance_uid=lambda index: self.uids("sc", index=index)[1],
             max_images=profile.sc_max_images,
             transfer_syntax_uid=_syntax(compression),
@@ -394,6 +437,7 @@ class _Writer:
             document,
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
-            series_number=result_series_number(self.manifest.id, "pdf"),
+            series_number=self.series_number("pdf"),
+            description=self.description("pdf"),
             referenced_slices=referenced,
         )

@@ -1,4 +1,5 @@
-"""From a series of single-frame DICOM images on disk to one float32 volume.
+"""From a series of DICOM images on disk (single-frame, or one enhanced multi-frame image)
+to one float32 volume.
 
 :func:`load_series` reads leniently (pydicom reading validation WARN), checks that the
 images form one regular stack and returns a :class:`Volume`: voxels ``[z, y, x]`` in
@@ -6,13 +7,16 @@ modality units (Rescale Slope/Intercept or Modality LUT applied, PS3.3 C.11.1; H
 slices sorted along the slice normal (PS3.3 C.7.6.2.1.1), plus the geometry and the
 headers the SEG/SR writers need.
 
-Accepted input: single-frame images with the Image Plane module (CT, MR, PET, ...), one
-series, one sample per pixel. Refused with :class:`core.errors.InvalidInputError`
-(``stage="volume"``), listing every problem found at once: files that are not DICOM,
-non-image objects, multi-frame (enhanced) images, mixed Rows/Columns, Pixel Spacing or
-Image Orientation, non-orthonormal orientation, duplicate positions, positions that do not
-lie on one line along the slice normal (gantry tilt), missing slices, irregular spacing,
-too few slices, undecodable pixel data.
+Accepted input: one series, one sample per pixel, of single-frame images with the Image
+Plane module (CT, MR, PET, ...) or of one enhanced multi-frame image (Enhanced CT / MR /
+PET, Legacy Converted Enhanced: every frame a slice, its geometry and rescale from the
+functional groups, see :mod:`inference.frames`). Refused with
+:class:`core.errors.InvalidInputError` (``stage="volume"``), listing every problem found
+at once: files that are not DICOM, non-image objects, multi-frame images without
+functional groups, several multi-frame images in one series, mixed Rows/Columns, Pixel
+Spacing or Image Orientation, non-orthonormal orientation, duplicate positions, positions
+that do not lie on one line along the slice normal (gantry tilt), missing slices beyond
+the caller's limit, irregular spacing, too few slices, undecodable pixel data.
 
 Tolerances (the documented contract):
 
@@ -25,7 +29,21 @@ Tolerances (the documented contract):
 * a gap larger than :data:`MISSING_SLICE_FACTOR` times the median step means missing
   slices; any other step that differs from the median by more than
   :data:`STEP_TOLERANCE` (relative) is irregular spacing. The z spacing is the mean step
-  ``(last - first) / (n - 1)`` measured from the positions, never Slice Thickness.
+  ``(last - first) / (n - 1)`` measured from the positions (missing slices counted),
+  never Slice Thickness.
+
+Missing slices
+--------------
+One missing slice is common in real archives. ``load_series(..., max_missing=N)`` fills a
+gap of up to N consecutive missing slices by linear interpolation along the slice normal
+between the two slices around it; the model's manifest decides N
+(``accepts.missing_slices``; by default 2 for models that resample, 0 for the others, see
+:attr:`models.manifest.ModelManifest.max_missing_slices`). A gap counts as missing slices
+only when it is a whole number of median steps (within :data:`STEP_TOLERANCE` of a step);
+a gap of more slices than N, or of a fraction of a step, is refused with the reason. The
+:class:`Volume` says which z indices were interpolated (:attr:`Volume.slice_sources`
+``None`` there) and a note records them; the writers give them no SEG frame and no
+source-image reference.
 
 Frame of Reference policy
 -------------------------
@@ -52,7 +70,8 @@ Speed and memory: reading is sequential. On the 275-slice LIDC CT (512x512, unco
 2 CPU cores) it takes 1.2-2.3 s: about 0.2 s parsing, 0.7 s converting header values up
 front, 0.3 s decoding; a thread pool of 4 was measured slower (parsing holds the GIL).
 Pixel data is read lazily (deferred) and decoded straight into the preallocated float32
-volume, so peak memory is the volume plus one slice.
+volume, so peak memory is the volume plus one slice (plus the stored pixel data of an
+enhanced multi-frame image, which is read whole and decoded frame by frame).
 """
 
 from __future__ import annotations
@@ -64,6 +83,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +95,10 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
 
 from core.errors import InvalidInputError
+from inference.frames import frame_geometries, has_functional_groups, is_multiframe
+
+if TYPE_CHECKING:
+    from inference.projection import Projection
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +120,17 @@ _DEFER_SIZE = "64 KB"
 _MAX_LISTED = 8
 
 
+@dataclass(frozen=True)
+class SliceSource:
+    """Where one slice of a :class:`Volume` comes from: a source header and, when that
+    header is a multi-frame image, the frame (PS3.3 C.7.6.16)."""
+
+    #: Index into :attr:`Volume.source_headers`.
+    header_index: int
+    #: 1-based Frame Number in a multi-frame image; ``None`` for a single-frame image.
+    frame_number: int | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A series as one regular 3D grid in patient (LPS) coordinates.
@@ -108,10 +143,15 @@ class Volume:
         origin: Image Position (Patient) of the first slice, i.e. centre of voxel [0, 0, 0].
         direction: 3x3; columns are the row direction (x), the column direction (y) and
             the slice normal (z), in patient LPS coordinates.
-        source_headers: the source datasets without pixel data, in sorted slice order.
+        source_headers: the source datasets without pixel data, in sorted slice order
+            (single-frame images), or the one multi-frame image.
         frame_of_reference_uid: the one Frame of Reference UID of the volume (see the
             module's Frame of Reference policy).
         notes: non-fatal facts worth recording with the result (policies applied, ...).
+        slice_sources: per z index, the header (and frame) the slice was read from, or
+            ``None`` for a slice interpolated over missing slices. Empty means one
+            single-frame header per slice, in order. Read it through
+            :meth:`slice_source`.
     """
 
     voxels: npt.NDArray[np.float32]
@@ -124,6 +164,35 @@ class Volume:
     series_instance_uid: str
     modality: str
     notes: tuple[str, ...] = ()
+    #: Projection radiographs (CR, DX, MG): how the one image was read (photometric
+    #: inversion, value range, where the spacing came from); ``None`` for volumes.
+    #: See :mod:`inference.projection`.
+    projection: Projection | None = None
+    slice_sources: tuple[SliceSource | None, ...] = ()
+
+    def slice_source(self, z: int) -> SliceSource | None:
+        """Where slice ``z`` was read from; ``None`` when it was interpolated."""
+        if not self.slice_sources:
+            return SliceSource(z)
+        return self.slice_sources[z]
+
+    def slice_header(self, z: int) -> Dataset | None:
+        """The header slice ``z`` was read from (a multi-frame image for each of its
+        frames); ``None`` when the slice was interpolated."""
+        source = self.slice_source(z)
+        return None if source is None else self.source_headers[source.header_index]
+
+    @property
+    def interpolated_slices(self) -> tuple[int, ...]:
+        """z indices of the slices interpolated over missing slices (no source image)."""
+        return tuple(z for z, source in enumerate(self.slice_sources) if source is None)
+
+    @property
+    def source_slices(self) -> tuple[int, ...]:
+        """z indices of the slices read from a source image, in z order."""
+        if not self.slice_sources:
+            return tuple(range(self.shape[0]))
+        return tuple(z for z, source in enumerate(self.slice_sources) if source is not None)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -151,6 +220,19 @@ class _Slice:
     header: Dataset
     sop_instance_uid: str
     position: npt.NDArray[np.float64]
+    orientation: tuple[float, ...] = ()
+    #: (row spacing, column spacing), as Pixel Spacing.
+    pixel_spacing: tuple[float, ...] = ()
+    #: Multi-frame images: the 1-based frame and its (slope, intercept), if any.
+    frame_number: int | None = None
+    rescale: tuple[float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        """The SOP instance, and the frame of a multi-frame image (for messages)."""
+        if self.frame_number is None:
+            return self.sop_instance_uid
+        return f"{self.sop_instance_uid} frame {self.frame_number}"
 
 
 class _DropPydicomRecords(logging.Filter):
@@ -229,30 +311,84 @@ def _read_header(path: Path, problems: list[str]) -> Dataset | None:
     return dataset
 
 
-def _slice_problems(path: Path, ds: Dataset) -> list[str]:
-    """What makes one dataset unusable as a slice of a volume (empty when usable)."""
+def _slices_of(path: Path, ds: Dataset) -> tuple[list[_Slice], list[str]]:
+    """The slices one dataset gives (one, or a multi-frame image's frames), or what makes
+    it unusable as part of a volume."""
     name = f"{path.name} (SOP instance {ds.get('SOPInstanceUID', '?')})"
     if "PixelData" not in ds or "Rows" not in ds:
         sop_class = ds.get("SOPClassUID")
         kind = str(getattr(sop_class, "name", sop_class))
         if kind.endswith("Image Storage"):
             # pydicom parses a truncated file up to where it ends, without an error.
-            return [f"{name}: a {kind} object without pixel data (truncated file?)"]
-        return [f"{name}: not an image ({kind}); pass only the image files of one series"]
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-        return [
-            f"{name}: multi-frame (enhanced) images are not supported yet; "
-            "convert the series to single-frame images"
-        ]
+            return [], [f"{name}: a {kind} object without pixel data (truncated file?)"]
+        return [], [f"{name}: not an image ({kind}); pass only the image files of one series"]
     problems = []
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         problems.append(f"{name}: {ds.SamplesPerPixel} samples per pixel; only grey-scale")
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+    if is_multiframe(ds):
+        slices, frame_problems = _frames_of(path, ds, name)
+        problems.extend(frame_problems)
+        return ([] if problems else slices), problems
+    expected = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+    for keyword, length in expected.items():
         value = ds.get(keyword)
-        expected = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
-        if value is None or len(value) != expected[keyword]:
+        if value is None or len(value) != length:
             problems.append(f"{name}: {keyword} missing or malformed (PS3.3 C.7.6.2)")
-    return problems
+    if problems:
+        return [], problems
+    piece = _Slice(
+        path=path,
+        header=ds,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", path.name)),
+        position=np.asarray(ds.ImagePositionPatient, dtype=np.float64),
+        orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
+        pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+    )
+    return [piece], []
+
+
+def _frames_of(path: Path, ds: Dataset, name: str) -> tuple[list[_Slice], list[str]]:
+    """The frames of a multi-frame image as slices (PS3.3 C.7.6.16), or its problems."""
+    if not has_functional_groups(ds):
+        return [], [
+            f"{name}: a multi-frame image without the Multi-frame Functional Groups "
+            "module (PS3.3 C.7.6.16), so without the position of each frame; only "
+            "enhanced images (Enhanced CT / MR / PET, Legacy Converted Enhanced) or "
+            "single-frame images can be read as a volume"
+        ]
+    sop_uid = str(ds.get("SOPInstanceUID", path.name))
+    slices = []
+    missing: Counter[str] = Counter()
+    for frame in frame_geometries(ds):
+        for keyword, value in (
+            ("ImagePositionPatient (PlanePositionSequence)", frame.position),
+            ("ImageOrientationPatient (PlaneOrientationSequence)", frame.orientation),
+            ("PixelSpacing (PixelMeasuresSequence)", frame.pixel_spacing),
+        ):
+            if value is None:
+                missing[keyword] += 1
+        if frame.position is None or frame.orientation is None or frame.pixel_spacing is None:
+            continue
+        slices.append(
+            _Slice(
+                path=path,
+                header=ds,
+                sop_instance_uid=sop_uid,
+                position=np.asarray(frame.position, dtype=np.float64),
+                orientation=frame.orientation,
+                pixel_spacing=frame.pixel_spacing,
+                frame_number=frame.frame_number,
+                rescale=frame.rescale,
+            )
+        )
+    problems = [
+        f"{name}: {keyword} missing or malformed in {count} frame(s), in both the "
+        "per-frame and the shared functional groups (PS3.3 C.7.6.16.2)"
+        for keyword, count in missing.items()
+    ]
+    if not slices and not missing:
+        problems.append(f"{name}: a multi-frame image without frames")
+    return slices, problems
 
 
 def _distinct(slices: Sequence[_Slice], keyword: str) -> Counter[str]:
@@ -276,21 +412,29 @@ def _consistency_problems(slices: Sequence[_Slice]) -> list[str]:
     if len(sizes) > 1:
         listed = _listed([f"{r}x{c} ({n})" for (r, c), n in sizes.most_common()])
         problems.append(f"mixed Rows x Columns: {listed}")
-    first = slices[0].header
-    spacing0 = np.asarray(first.PixelSpacing, dtype=np.float64)
-    iop0 = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    multiframe = Counter(s.path.name for s in slices if s.frame_number is not None)
+    if len(multiframe) > 1 or (multiframe and any(s.frame_number is None for s in slices)):
+        problems.append(
+            f"{len(multiframe)} multi-frame image(s) ({_listed(sorted(multiframe))}) "
+            f"and {sum(s.frame_number is None for s in slices)} single-frame image(s) in one "
+            "series: a volume is read from single-frame images or from one multi-frame "
+            "image (a result references the frames of one multi-frame source); split the "
+            "series, or send one enhanced image"
+        )
+    spacing0 = np.asarray(slices[0].pixel_spacing, dtype=np.float64)
+    iop0 = np.asarray(slices[0].orientation, dtype=np.float64)
     spacings = Counter(
-        _fmt([float(v) for v in s.header.PixelSpacing])
+        _fmt(s.pixel_spacing)
         for s in slices
-        if not np.allclose(s.header.PixelSpacing, spacing0, rtol=SPACING_TOLERANCE, atol=0)
+        if not np.allclose(s.pixel_spacing, spacing0, rtol=SPACING_TOLERANCE, atol=0)
     )
     if spacings:
         listed = _listed([f"{v} ({n})" for v, n in spacings.most_common()])
         problems.append(f"mixed PixelSpacing: {_fmt(spacing0.tolist())} and {listed}")
     orientations = Counter(
-        _fmt([float(v) for v in s.header.ImageOrientationPatient])
+        _fmt(s.orientation)
         for s in slices
-        if np.max(np.abs(np.asarray(s.header.ImageOrientationPatient, dtype=np.float64) - iop0))
+        if np.max(np.abs(np.asarray(s.orientation, dtype=np.float64) - iop0))
         > ORIENTATION_TOLERANCE
     )
     if orientations:
@@ -323,13 +467,21 @@ def _orientation(iop: Sequence[float]) -> npt.NDArray[np.float64]:
 
 
 def _position_problems(
-    slices: Sequence[_Slice], distances: npt.NDArray[np.float64], direction: npt.NDArray[np.float64]
-) -> list[str]:
-    """Duplicates, in-plane drift, gaps and irregular steps of sorted slices."""
+    slices: Sequence[_Slice],
+    distances: npt.NDArray[np.float64],
+    direction: npt.NDArray[np.float64],
+    *,
+    max_missing: int,
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """Duplicates, in-plane drift, gaps and irregular steps of sorted slices.
+
+    Returns the problems and the gaps to fill: ``(i, k)``, ``k`` slices missing after
+    sorted slice ``i`` (at most ``max_missing``, a whole number of median steps).
+    """
     problems = []
     steps = np.diff(distances)
     duplicates = [
-        f"{distances[i]:.3f} mm ({slices[i].sop_instance_uid} and {slices[i + 1].sop_instance_uid})"
+        f"{distances[i]:.3f} mm ({slices[i].name} and {slices[i + 1].name})"
         for i in map(int, np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM))
     ]
     if duplicates:
@@ -337,7 +489,7 @@ def _position_problems(
             f"{len(duplicates)} duplicate slice position(s) along the normal at "
             f"{_listed(duplicates)}; remove the repeated instances (or split the series)"
         )
-    pixel = float(min(slices[0].header.PixelSpacing))
+    pixel = float(min(slices[0].pixel_spacing))
     origin = slices[0].position
     offsets = np.stack([s.position for s in slices]) - origin
     in_plane = offsets - np.outer(offsets @ direction[:, 2], direction[:, 2])
@@ -350,16 +502,32 @@ def _position_problems(
         )
     real_steps = steps[steps >= DUPLICATE_TOLERANCE_MM]
     if real_steps.size == 0:
-        return problems
+        return problems, []
     median = float(np.median(real_steps))
-    gaps = [
-        f"between {distances[i]:.3f} and {distances[i + 1]:.3f} mm (step {steps[i]:.3f} mm)"
-        for i in np.flatnonzero(steps > MISSING_SLICE_FACTOR * median)
-    ]
+    fills: list[tuple[int, int]] = []
+    gaps = []
+    for i in map(int, np.flatnonzero(steps > MISSING_SLICE_FACTOR * median)):
+        multiple = round(float(steps[i]) / median)
+        where = f"between {distances[i]:.3f} and {distances[i + 1]:.3f} mm"
+        if abs(float(steps[i]) - multiple * median) > STEP_TOLERANCE * median:
+            gaps.append(
+                f"{where} (step {steps[i]:.3f} mm, {steps[i] / median:.2f} steps: not a "
+                "whole number of slices)"
+            )
+        elif multiple - 1 > max_missing:
+            gaps.append(f"{where} (step {steps[i]:.3f} mm, {multiple - 1} slices missing)")
+        else:
+            fills.append((i, multiple - 1))
     if gaps:
+        limit = (
+            "this model interpolates no missing slice"
+            if max_missing == 0
+            else f"this model interpolates at most {max_missing} consecutive missing slice(s)"
+        )
         problems.append(
             f"missing slices: {len(gaps)} gap(s) larger than {MISSING_SLICE_FACTOR} x the "
-            f"median step of {median:.3f} mm, {_listed(gaps)}; resend the complete series"
+            f"median step of {median:.3f} mm, {_listed(gaps)}; {limit} "
+            "(accepts.missing_slices in its model.yaml); resend the complete series"
         )
     irregular = [
         f"{steps[i]:.3f} mm after {distances[i]:.3f} mm"
@@ -374,7 +542,7 @@ def _position_problems(
             f"irregular slice spacing: median step {median:.3f} mm but {_listed(irregular)} "
             f"(tolerance {STEP_TOLERANCE:.0%}); resample to a regular grid first"
         )
-    return problems
+    return problems, fills
 
 
 def _choose_frame_of_reference(slices: Sequence[_Slice], series_uid: str) -> tuple[str, list[str]]:
@@ -416,7 +584,8 @@ def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            stored = pixel_array(ds)
+            index = None if piece.frame_number is None else piece.frame_number - 1
+            stored = pixel_array(ds, index=index)
         except NotImplementedError as exc:
             name = getattr(transfer_syntax, "name", str(transfer_syntax))
             raise InvalidInputError(
@@ -448,12 +617,16 @@ def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
             f"{piece.path.name}: decoded pixel data has shape {stored.shape}, expected {out.shape}",
             stage=STAGE,
         )
-    if "ModalityLUTSequence" in ds:
+    if piece.rescale is None and "ModalityLUTSequence" in ds:
         out[...] = apply_modality_lut(stored, ds)
         return
     out[...] = stored
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if piece.rescale is not None:
+        # A frame's Pixel Value Transformation (PS3.3 C.7.6.16.2.9).
+        slope, intercept = piece.rescale
+    else:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         raise InvalidInputError(
             f"{piece.path.name}: Rescale Slope/Intercept ({slope}, {intercept}) not finite",
@@ -465,18 +638,25 @@ def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
         out += np.float32(intercept)
 
 
-def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) -> Volume:
-    """Read the single-frame images of one series into a :class:`Volume`.
+def load_series(
+    paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES, max_missing: int = 0
+) -> Volume:
+    """Read the images of one series into a :class:`Volume`.
 
     Implements the Image Plane geometry of PS3.3 C.7.6.2 (slices sorted along
-    ``row x column`` direction cosines) and the Modality LUT of PS3.3 C.11.1.
+    ``row x column`` direction cosines), the Multi-frame Functional Groups of
+    PS3.3 C.7.6.16 for an enhanced multi-frame image, and the Modality LUT of
+    PS3.3 C.11.1 (or a frame's Pixel Value Transformation, C.7.6.16.2.9). Up to
+    ``max_missing`` consecutive missing slices are interpolated (see the module).
 
     Raises:
         InvalidInputError: (``stage="volume"``) the files are not one regular stack of
-            decodable single-frame images; the message lists every problem found.
+            decodable images; the message lists every problem found.
     """
     if min_slices < 2:
         raise ValueError("min_slices must be at least 2: the slice step is measured")
+    if max_missing < 0:
+        raise ValueError("max_missing must be 0 or more")
     if not paths:
         raise InvalidInputError("no files given for the series", stage=STAGE)
     with _quiet_pydicom_logger():
@@ -486,18 +666,9 @@ def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) 
             header = _read_header(path, problems)
             if header is None:
                 continue
-            slice_problems = _slice_problems(path, header)
-            if slice_problems:
-                problems.extend(slice_problems)
-                continue
-            slices.append(
-                _Slice(
-                    path=path,
-                    header=header,
-                    sop_instance_uid=str(header.get("SOPInstanceUID", path.name)),
-                    position=np.asarray(header.ImagePositionPatient, dtype=np.float64),
-                )
-            )
+            found, slice_problems = _slices_of(path, header)
+            problems.extend(slice_problems)
+            slices.extend(found)
         if problems:
             raise InvalidInputError(_summary(problems, len(paths)), stage=STAGE)
         if len(slices) < min_slices:
@@ -510,34 +681,44 @@ def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) 
         problems = _consistency_problems(slices)
         if problems:
             raise InvalidInputError(_summary(problems, len(paths), frame_uids), stage=STAGE)
-        direction = _orientation([float(v) for v in slices[0].header.ImageOrientationPatient])
+        direction = _orientation(slices[0].orientation)
         distances = np.asarray([float(s.position @ direction[:, 2]) for s in slices])
         order = np.argsort(distances, kind="stable")
         slices = [slices[i] for i in order]
         distances = distances[order]
-        problems = _position_problems(slices, distances, direction)
+        problems, fills = _position_problems(slices, distances, direction, max_missing=max_missing)
         if problems:
             raise InvalidInputError(_summary(problems, len(paths), frame_uids), stage=STAGE)
 
         first = slices[0].header
         series_uid = str(first.SeriesInstanceUID)
         frame_uid, notes = _choose_frame_of_reference(slices, series_uid)
-        rows, columns = int(first.Rows), int(first.Columns)
-        voxels = np.empty((len(slices), rows, columns), dtype=np.float32)
-        for index, piece in enumerate(slices):
-            _decode_into(voxels[index], piece)
-            # Keep the headers, drop the pixel bytes (the volume holds the values now).
-            del piece.header.PixelData
+        # z index of each sorted slice, leaving room for the missing ones.
+        missing_after = dict(fills)
+        z_of = np.cumsum([0] + [1 + missing_after.get(i, 0) for i in range(len(slices) - 1)])
+        voxels, sources = _read_pixels(slices, z_of)
+    source_headers = tuple({id(s.header): s.header for s in slices}.values())
+    if fills:
+        notes.append(
+            _fill_gaps(
+                voxels, slices, distances=distances, z_of=z_of, fills=fills, limit=max_missing
+            )
+        )
+        logger.warning(
+            "series %s: %d missing slice(s) interpolated", series_uid, len(voxels) - len(slices)
+        )
 
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    step = float((distances[-1] - distances[0]) / (len(slices) - 1))
+    depth, rows, columns = voxels.shape
+    row_spacing, column_spacing = (float(v) for v in slices[0].pixel_spacing)
+    step = float((distances[-1] - distances[0]) / (depth - 1))
     origin = slices[0].position
     logger.info(
-        "series %s: %d slices %dx%d, spacing (%.4g, %.4g, %.4g) mm",
+        "series %s: %d slices %dx%d (%d interpolated), spacing (%.4g, %.4g, %.4g) mm",
         series_uid,
-        len(slices),
+        depth,
         rows,
         columns,
+        depth - len(slices),
         column_spacing,
         row_spacing,
         step,
@@ -547,12 +728,71 @@ def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) 
         spacing=(column_spacing, row_spacing, step),
         origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         direction=direction,
-        source_headers=tuple(s.header for s in slices),
+        source_headers=source_headers,
         frame_of_reference_uid=frame_uid,
         study_instance_uid=str(first.StudyInstanceUID),
         series_instance_uid=series_uid,
         modality=str(first.get("Modality", "")),
         notes=tuple(notes),
+        slice_sources=tuple(sources),
+    )
+
+
+def _read_pixels(
+    slices: Sequence[_Slice], z_of: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float32], list[SliceSource | None]]:
+    """Decode each sorted slice into its z of a new volume; where each z comes from."""
+    first = slices[0].header
+    depth = int(z_of[-1]) + 1
+    voxels = np.empty((depth, int(first.Rows), int(first.Columns)), dtype=np.float32)
+    sources: list[SliceSource | None] = [None] * depth
+    headers: dict[int, int] = {}  # id(header) -> its index in Volume.source_headers
+    left = Counter(id(s.header) for s in slices)
+    for piece, z in zip(slices, z_of, strict=True):
+        _decode_into(voxels[z], piece)
+        index = headers.setdefault(id(piece.header), len(headers))
+        sources[int(z)] = SliceSource(index, piece.frame_number)
+        left[id(piece.header)] -= 1
+        if not left[id(piece.header)]:
+            # Keep the headers, drop the pixel bytes (the volume holds the values now).
+            del piece.header.PixelData
+    return voxels, sources
+
+
+def _fill_gaps(
+    voxels: npt.NDArray[np.float32],
+    slices: Sequence[_Slice],
+    *,
+    distances: npt.NDArray[np.float64],
+    z_of: npt.NDArray[np.int64],
+    fills: Sequence[tuple[int, int]],
+    limit: int,
+) -> str:
+    """Interpolate the missing slices of each gap linearly between the slices around it;
+    the note that says where."""
+    described = []
+    filled = []
+    for i, count in fills:
+        below, above = int(z_of[i]), int(z_of[i + 1])
+        for offset in range(1, count + 1):
+            weight = np.float32(offset / (count + 1))
+            np.multiply(voxels[below], 1 - weight, out=voxels[below + offset])
+            voxels[below + offset] += weight * voxels[above]
+        zs = list(range(below + 1, above))
+        filled.extend(zs)
+        where = ", ".join(
+            f"{distances[i] + (distances[i + 1] - distances[i]) * k / (count + 1):.3f} mm"
+            for k in range(1, count + 1)
+        )
+        described.append(
+            f"z {', '.join(map(str, zs))} ({where} along the normal) between "
+            f"{slices[i].name} and {slices[i + 1].name}"
+        )
+    return (
+        f"Missing slices: {len(filled)} slice(s) interpolated linearly along the slice "
+        f"normal (the model accepts up to {limit} consecutive missing slices): "
+        + "; ".join(described)
+        + ". The results have no SEG frame and no source image there."
     )
 
 

@@ -265,7 +265,16 @@ def _preprocessing(resolver: _Resolver) -> dict[str, Any]:
             spec["intensity"] = {"kind": "zscore"}
         elif name in ("CropForegroundd", "CropForeground"):
             margin = resolver.value(transform.get("margin", 0), f"{where}.margin")
-            spec["crop_foreground"] = {"threshold": 0.0, "margin": int(margin or 0)}
+            # MONAI pads the margin beyond the image unless allow_smaller (its default
+            # before 1.5) stops the box at the image's edges.
+            smaller = resolver.value(
+                transform.get("allow_smaller", False), f"{where}.allow_smaller"
+            )
+            spec["crop_foreground"] = {
+                "threshold": 0.0,
+                "margin": int(margin or 0),
+                "beyond_image": "clip" if smaller else "pad",
+            }
         elif name in ("DivisiblePadd", "DivisiblePad"):
             continue  # handled with the inferer (pad_to_multiple)
         else:

@@ -7,7 +7,8 @@ at once with the key it is about (see :func:`models.registry.load_package`).
 Schema versions: ``1`` is the first; ``2`` added target shapes, foreground cropping,
 channel layout, Gaussian/constant blending parameters, padding to a multiple, largest
 component, resampling back, classification classes and per-backend options. Every key
-added in 2 has a default, so a version-1 manifest reads unchanged.
+added in 2 has a default, so a version-1 manifest reads unchanged. ``expect`` (what a
+plausible result looks like, :mod:`inference.plausibility`) is optional in both.
 
 Axis order. Volumes are ``[z, y, x]`` arrays in the orientation the manifest names (see
 :mod:`inference.transforms`): the code's letters name, for x, y and z, the patient
@@ -22,10 +23,18 @@ here (``pacs-ai models import-bundle`` translates MONAI's ``axcodes`` this way).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.header_rules import (
+    AttributeCondition,
+    ExtentSpec,
+    check_attributes,
+    expand_shorthand,
+)
 
 #: Version of the manifest schema this code reads.
 MANIFEST_SCHEMA_VERSION: Literal[2] = 2
@@ -76,15 +85,38 @@ class LabelSpec(_Strict):
         return color
 
 
+class MissingSlicesSpec(_Strict):
+    """``accepts.missing_slices``: gaps in a stack the model accepts, filled by linear
+    interpolation between the slices around them (see :mod:`inference.volume`)."""
+
+    #: Most slices missing in a row that are interpolated; a longer gap is refused.
+    #: ``0`` refuses any gap.
+    max_consecutive: Annotated[int, Field(ge=0, le=16)] = 2
+
+
 class AcceptsSpec(_Strict):
-    """What input a model accepts; a series outside this is refused before inference."""
+    """What input a model accepts; a series outside this is refused before inference.
+
+    Everything here but ``dims`` and ``missing_slices`` is decided from the headers alone
+    (:mod:`models.acceptance`): on the node when a series completes (a routed model that
+    cannot accept it records a NOT_APPLICABLE job, never queued), and on the worker again.
+    """
 
     modalities: Annotated[list[str], Field(min_length=1)]
     #: Body Part Examined (0018,0015) values accepted; empty accepts any (and none).
     body_parts: list[str] = []
     min_slices: Annotated[int, Field(ge=1)] = 1
+    #: Missing slices interpolated; unset: see :attr:`ModelManifest.max_missing_slices`.
+    missing_slices: MissingSlicesSpec | None = None
     #: ``3``: the network sees the volume; ``2``: it sees one slice at a time, ``[N, C, y, x]``.
     dims: Literal[2, 3] = 3
+    #: DICOM keyword -> condition on the series' header (see :mod:`models.header_rules`).
+    attributes: dict[str, AttributeCondition] = {}
+    #: The series' physical size in mm (see :mod:`models.header_rules`).
+    extent_mm: ExtentSpec | None = None
+
+    _shorthand = field_validator("attributes", mode="before")(expand_shorthand)
+    _keywords = field_validator("attributes")(check_attributes)
 
 
 class IntensitySpec(_Strict):
@@ -119,13 +151,62 @@ class IntensitySpec(_Strict):
 class CropForegroundSpec(_Strict):
     """Crop the scaled volume to the bounding box of its foreground, plus a margin.
 
-    The network then sees only the box; its output outside the box is background.
+    The network then sees only the box; its output outside the box is background, and
+    the output is cut back to the source grid. Where the margin reaches beyond the image
+    (a head that fills the field of view), ``beyond_image: pad`` (the default) adds it
+    filled with ``pad_value``, so the network always sees the margin its recipe asks for
+    (MONAI's ``CropForeground`` since 1.5, brainchop's conformed 256 mm cube); ``clip``
+    stops the box at the image's edges (MONAI's ``allow_smaller=True``).
     """
 
     #: Voxels whose *scaled* intensity is above this are foreground.
     threshold: float = 0.0
-    #: Voxels added on every side of the box (clipped to the volume).
+    #: Voxels added on every side of the box.
     margin: Annotated[int, Field(ge=0)] = 0
+    beyond_image: Literal["pad", "clip"] = "pad"
+    #: The background after intensity scaling (0 for ``window``, ``percentile`` and
+    #: ``max``); ``minimum``: the scaled volume's smallest value (``zscore``).
+    pad_value: float | Literal["minimum"] = 0.0
+
+
+class ResizeSpec(_Strict):
+    """2D models: bring each image to the network's input size (see
+    :mod:`inference.preprocess2d`); results go back onto the source image."""
+
+    #: ``[height, width]`` of the network's input in pixels.
+    shape: tuple[int, int]
+    #: ``stretch``: scale each axis to its size (the aspect ratio changes);
+    #: ``letterbox``: scale both axes by the same factor so that the image fits, centred,
+    #: and pad the rest with ``pad_value``.
+    mode: Literal["stretch", "letterbox"] = "stretch"
+    #: Value of the letterbox padding, in the scaled intensities the network sees (before
+    #: ``normalize``): 0 is black after a window or a [0, 1] scaling.
+    pad_value: float = 0.0
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: tuple[int, int]) -> tuple[int, int]:
+        if any(v < 1 for v in shape):
+            raise ValueError(f"resize.shape {list(shape)} must be two positive sizes")
+        return shape
+
+
+class NormalizeSpec(_Strict):
+    """Per-channel ``(value - mean) / std`` after everything else (ImageNet networks:
+    mean ``[0.485, 0.456, 0.406]``, std ``[0.229, 0.224, 0.225]`` on [0, 1] images)."""
+
+    mean: Annotated[list[float], Field(min_length=1)]
+    std: Annotated[list[float], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _lengths(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"normalize has {len(self.mean)} means and {len(self.std)} standard deviations"
+            )
+        if any(not v > 0 for v in self.std):
+            raise ValueError(f"normalize.std {self.std} must be positive")
+        return self
 
 
 class PreprocessingSpec(_Strict):
@@ -148,6 +229,20 @@ class PreprocessingSpec(_Strict):
     #: ``channels_first``: ``[N, C, z, y, x]``; ``channels_last``: ``[N, z, y, x, C]``
     #: (TensorFlow/Keras exports).
     channel_layout: Literal["channels_first", "channels_last"] = "channels_first"
+    #: VOI LUT of the source images (PS3.3 C.11.2), applied first to projection
+    #: radiographs (and to any image), giving [0, 1] with higher brighter: ``window``: the
+    #: first Window Center / Width with its VOI LUT Function; ``lut``: the VOI LUT
+    #: Sequence, else the window; either falls back to the full range of the stored
+    #: values where the image has neither. ``none``: modality values.
+    voi: Literal["none", "window", "lut"] = "none"
+    #: 2D models: resize (or letterbox) each image to the network's input, after the
+    #: intensity scaling.
+    resize: ResizeSpec | None = None
+    #: Channels of the network's image input: the grey image is repeated into each
+    #: (3 for networks trained on RGB images, such as torchvision's ImageNet models).
+    channels: Annotated[int, Field(ge=1, le=4)] = 1
+    #: Per-channel normalisation, last (one mean/std, or one per channel).
+    normalize: NormalizeSpec | None = None
 
     @field_validator("orientation")
     @classmethod
@@ -179,6 +274,11 @@ class PreprocessingSpec(_Strict):
     def _one_resampling(self) -> PreprocessingSpec:
         if self.target_spacing is not None and self.target_shape is not None:
             raise ValueError("give target_spacing or target_shape, not both")
+        if self.normalize is not None and len(self.normalize.mean) not in (1, self.channels):
+            raise ValueError(
+                f"normalize gives {len(self.normalize.mean)} means for {self.channels} "
+                "channel(s); give one, or one per channel"
+            )
         return self
 
 
@@ -323,6 +423,63 @@ class ClassSpec(_Strict):
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
 
 
+def _ordered_pair(name: str, pair: tuple[float, float] | None) -> list[str]:
+    if pair is not None and not 0 <= pair[0] <= pair[1]:
+        return [f"{name} {list(pair)} must be [min, max] with 0 <= min <= max"]
+    return []
+
+
+class LabelExpectation(_Strict):
+    """What a plausible result looks like for one label (see :mod:`inference.plausibility`).
+
+    Each range is ``[min, max]``, both inclusive; a result outside any of them is not
+    delivered as normal (the route's ``on_implausible`` decides: held for review, or
+    delivered flagged).
+    """
+
+    #: Volume of the label in mL (voxel count x voxel volume).
+    volume_ml: tuple[float, float] | None = None
+    #: Share of the field of view (the source volume's voxels) the label covers, 0-1.
+    fov_fraction: tuple[float, float] | None = None
+    #: Number of connected components (face-connected, as ``largest_component``):
+    #: ``[min, max]``, or a single number for the maximum.
+    components: tuple[int, int] | None = None
+    #: Components smaller than this (mL) are not counted: specks a network leaves.
+    min_component_ml: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("components", mode="before")
+    @classmethod
+    def _maximum_alone(cls, value: object) -> object:
+        return [0, value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LabelExpectation:
+        if self.volume_ml is None and self.fov_fraction is None and self.components is None:
+            raise ValueError("give at least one of volume_ml, fov_fraction, components")
+        components = self.components
+        problems = [
+            *_ordered_pair("volume_ml", self.volume_ml),
+            *_ordered_pair("fov_fraction", self.fov_fraction),
+            *_ordered_pair("components", None if components is None else (*components,)),
+        ]
+        if self.fov_fraction is not None and self.fov_fraction[1] > 1:
+            problems.append(f"fov_fraction {list(self.fov_fraction)} must lie within [0, 1]")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ExpectSpec(_Strict):
+    """The manifest's ``expect:`` block: what a plausible result of the model looks like."""
+
+    #: Segmentation models: label name -> its expectation.
+    labels: dict[str, LabelExpectation] = {}
+    #: Classification models: the largest entropy (bits) of the class probabilities that
+    #: is still a decision (0: certain; 1 bit: two classes at 0.5 each). See
+    #: :func:`inference.plausibility.entropy_bits`.
+    max_entropy: Annotated[float, Field(gt=0.0)] | None = None
+
+
 class ModelManifest(_Strict):
     """The validated content of ``model.yaml``."""
 
@@ -345,6 +502,8 @@ class ModelManifest(_Strict):
     labels: list[LabelSpec] = []
     classes: list[ClassSpec] = []
     outputs: OutputsSpec = OutputsSpec()
+    #: What a plausible result looks like (a result outside it is not delivered as normal).
+    expect: ExpectSpec = ExpectSpec()
 
     @model_validator(mode="after")
     def _labels_fit_task(self) -> ModelManifest:
@@ -372,9 +531,29 @@ class ModelManifest(_Strict):
         if len(indices) != len(set(indices)):
             problems.append(f"class indices must be unique, got {indices}")
         problems.extend(self._dims_problems())
+        problems.extend(self._expect_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _expect_problems(self) -> list[str]:
+        expect = self.expect
+        problems = []
+        names = [label.name for label in self.labels]
+        unknown = [name for name in expect.labels if name not in names]
+        if unknown and self.task == "segmentation":
+            problems.append(
+                f"expect.labels names {unknown}, which are not labels of the model "
+                f"(labels: {names})"
+            )
+        if expect.labels and self.task == "classification":
+            problems.append("expect.labels is for segmentation models; use expect.max_entropy")
+        if expect.max_entropy is not None and self.task == "segmentation":
+            problems.append("expect.max_entropy is for classification models")
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated and any(name in expect.labels for name in duplicated):
+            problems.append(f"expect.labels names {duplicated}, which more than one label has")
+        return problems
 
     def _dims_problems(self) -> list[str]:
         problems = []
@@ -392,9 +571,65 @@ class ModelManifest(_Strict):
             if pre.target_spacing or pre.target_shape or pre.crop_foreground:
                 problems.append(
                     "2D models take slices as they are: resampling and foreground crop are "
-                    "for 3D models"
+                    "for 3D models (use 'preprocessing.resize' for a 2D input size)"
                 )
+        elif self.preprocessing.resize is not None:
+            problems.append(
+                "'preprocessing.resize' is for 2D models (accepts.dims: 2); 3D models use "
+                "target_shape or target_spacing"
+            )
         return problems
+
+    @property
+    def max_missing_slices(self) -> int:
+        """Consecutive missing slices filled by interpolation before the model runs.
+
+        ``accepts.missing_slices.max_consecutive`` when given; else 2 for a model that
+        resamples (``target_spacing`` or ``target_shape``: its network never sees the
+        source grid) and 0 (refuse any gap) for one that does not.
+        """
+        if self.accepts.missing_slices is not None:
+            return self.accepts.missing_slices.max_consecutive
+        pre = self.preprocessing
+        return 2 if pre.target_spacing is not None or pre.target_shape is not None else 0
+
+    @model_validator(mode="after")
+    def _extent_fits_network(self) -> ModelManifest:
+        """A series ``accepts.extent_mm`` lets through must fit ``inference.max_shape``
+        after resampling (and the crop's padded margins), or it would pass the header
+        check only to be refused after minutes of reading and resampling."""
+        extent, inference = self.accepts.extent_mm, self.inference
+        spacing = self.preprocessing.target_spacing
+        if (
+            extent is None
+            or extent.max is None
+            or spacing is None
+            or not isinstance(inference, WholeVolumeSpec)
+            or inference.max_shape is None
+            or len(inference.max_shape) != 3
+        ):
+            return self
+        limits = extent.max if isinstance(extent.max, tuple) else (extent.max,) * 3
+        crop = self.preprocessing.crop_foreground
+        extra = 2 * crop.margin if crop is not None and crop.beyond_image == "pad" else 0
+        code = self.preprocessing.orientation
+        problems = []
+        for array_axis, largest in enumerate(inference.max_shape):
+            # Array axis 0 is z: the code's third letter, the target spacing's third value.
+            letter, step = code[2 - array_axis], spacing[2 - array_axis]
+            patient_axis = "LRPASI".index(letter) // 2
+            voxels = math.floor(limits[patient_axis] / step + 0.5) + extra
+            if voxels > largest:
+                fits = (largest - extra) * step
+                problems.append(
+                    f"accepts.extent_mm.max allows {limits[patient_axis]:g} mm along "
+                    f"{'xyz'[patient_axis]}, up to {voxels} voxels at {step:g} mm"
+                    f"{' with the crop margins' if extra else ''}: more than "
+                    f"inference.max_shape {largest}; lower it to {fits:g} mm or raise max_shape"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def onnx_file(self) -> WeightsFile | None:

@@ -5,8 +5,12 @@
   are derived from the job's inputs).
 * **re-send** a job's results: its DEAD and REJECTED outbox items go back to PENDING and
   the job to DELIVERING (``pacs-ai resend`` performs this same action, audited as ``cli:``).
-* **discard** a job that failed or has not started to run (READY, QUEUED, RETRYING): one
-  not yet run ends FAILED with the reason "discarded by <who>: <why>"; a FAILED one keeps
+* **release** a result held for review (NEEDS_REVIEW: outside what its model declares
+  plausible): its results, written when the job ran, go to the outbox as they are and the
+  job to DELIVERING, then DONE as any other (``pacs-ai release`` does the same).
+* **discard** a job that failed, is held for review (NEEDS_REVIEW) or has not started to
+  run (READY, QUEUED, RETRYING): one not failed ends FAILED with the reason "discarded by
+  <who>: <why>" (a held result is then never delivered); a FAILED one keeps
   its failure reason and gets the discard as a note. Either is shown as DISCARDED. A
   message still in the broker is ignored by the worker (the job is finished). Its data
   stays in the spool (retention keeps series with a FAILED job until removed by hand).
@@ -23,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -30,14 +35,22 @@ from sqlalchemy import insert, select, update
 from core.jobs import JobState
 from core.ledger import InvalidTransitionError, Ledger
 from core.ledger_schema import audit_table, job_discards_table
-from core.outbox import Outbox
+from core.outbox import ItemKind, NewItem, Outbox
 from monitor.auth import Principal
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("retry", "resend", "discard")
-#: States a job may be discarded from: failed, or not yet running.
-DISCARDABLE = frozenset({JobState.FAILED, JobState.READY, JobState.QUEUED, JobState.RETRYING})
+ACTIONS = ("retry", "resend", "discard", "release")
+#: States a job may be discarded from: failed, held for review, or not yet running.
+DISCARDABLE = frozenset(
+    {
+        JobState.FAILED,
+        JobState.NEEDS_REVIEW,
+        JobState.READY,
+        JobState.QUEUED,
+        JobState.RETRYING,
+    }
+)
 
 
 class ActionRefusedError(Exception):
@@ -86,6 +99,8 @@ class JobActions:
                 message = self._retry(job_id, principal)
             elif action == "resend":
                 message = self._resend(job_id, principal)
+            elif action == "release":
+                message = self._release(job_id, principal)
             else:
                 message = self._discard(job_id, principal, reason)
         except ActionRefusedError as exc:
@@ -158,6 +173,53 @@ class JobActions:
         except InvalidTransitionError as exc:  # changed meanwhile
             raise ActionRefusedError(str(exc)) from exc
         return f"{again} result(s) queued for delivery again"
+
+    def _release(self, job_id: str, principal: Principal) -> str:
+        job = self.ledger.get_job(job_id)
+        if job.state != JobState.NEEDS_REVIEW:
+            raise ActionRefusedError(
+                f"only a result held for review (NEEDS_REVIEW) can be released; the job is "
+                f"{job.state}"
+            )
+        deliveries: dict[str, list[list[str]]] = job.result.get("deliveries", {})
+        items = [
+            NewItem(
+                destination=name,
+                kind=ItemKind.RESULT,
+                job_id=job_id,
+                series_uid=job.series_instance_uid,
+                route=job.route,
+                sop_instance_uid=uid,
+                sop_class_uid=sop_class,
+                path=path,
+            )
+            for name in job.destinations
+            for _kind, uid, sop_class, path in deliveries.get(name, [])
+        ]
+        gone = [item.path for item in items if not Path(item.path).is_file()]
+        if gone:
+            raise ActionRefusedError(
+                f"{len(gone)} held result file(s) are gone (first: {gone[0]}); retry the job "
+                "to make them again"
+            )
+        detail = {"by": principal.name}
+        try:
+            # The transition first, checked in its transaction: a release cannot race a
+            # discard or a re-run into delivering what they ended.
+            self.ledger.transition(
+                job_id,
+                JobState.DELIVERING,
+                reason=f"released by {principal.name}",
+                detail=detail,
+                expected={JobState.NEEDS_REVIEW},
+            )
+        except InvalidTransitionError as exc:
+            raise ActionRefusedError(f"the job changed meanwhile: {exc}") from exc
+        if not job.destinations:
+            self.ledger.transition(job_id, JobState.DONE, reason="no destinations: results kept")
+            return "released: no destinations, results kept"
+        Outbox(self.ledger).add(items)
+        return f"released: {len(items)} result(s) queued for delivery"
 
     def _discard(self, job_id: str, principal: Principal, reason: str) -> str:
         why = " ".join(reason.split())

@@ -56,6 +56,8 @@ td { font-variant-numeric: tabular-nums; }
 .state-RUNNING, .state-DELIVERING { background: var(--run); }
 .state-QUEUED, .state-READY { background: #6b46c1; } .state-RETRYING { background: var(--warn); }
 .state-DISCARDED { background: #4a5568; } .state-RECEIVING { background: #319795; }
+.state-NEEDS_REVIEW { background: #c05621; }
+.state-NOT_APPLICABLE { background: #718096; }
 .pill { padding: 2px 10px; border-radius: 10px; font-weight: 600; font-size: 12px; }
 .pill.ok { background: var(--ok); } .pill.bad { background: var(--bad); }
 .alive { color: var(--ok); font-weight: 600; } .silent { color: var(--bad); font-weight: 600; }

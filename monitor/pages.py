@@ -8,7 +8,7 @@ failure reasons are replaced by ``[UID]``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from monitor.actions import DISCARDABLE
 from monitor.auth import Principal
@@ -45,6 +45,8 @@ FILTERS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "in-flight": ("RECEIVING", "READY", "QUEUED", "RUNNING", "DELIVERING", "RETRYING"),
     "failed": ("FAILED",),
+    "needs-review": ("NEEDS_REVIEW",),
+    "not-applicable": ("NOT_APPLICABLE",),
     "done": ("DONE",),
     "discarded": (DISCARDED,),
 }
@@ -52,6 +54,7 @@ ACTION_DONE = {
     "retry": "Retried: the job is READY again and the node queues it.",
     "resend": "Results queued for delivery again.",
     "discard": "Job discarded.",
+    "release": "Released: the held results are queued for delivery.",
 }
 
 
@@ -154,6 +157,8 @@ class Overview:
     readiness: list[Check]
     disk: DiskReading | None
     filter: str
+    #: Jobs whose results are held for review (NEEDS_REVIEW), newest first.
+    held: list[JobView] = field(default_factory=list)
 
 
 def overview_page(ctx: Context, data: Overview) -> Html:
@@ -171,6 +176,7 @@ def overview_page(ctx: Context, data: Overview) -> Html:
         _tile("Ready" if ready else "Not ready", "node", id_="tile-ready"),
         _tile(in_flight, "in flight", id_="tile-in-flight"),
         _tile(per_state.get("FAILED", 0), "failed", id_="tile-failed"),
+        _tile(per_state.get("NEEDS_REVIEW", 0), "held for review", id_="tile-needs-review"),
         _tile(len(done_window), f"done, last {data.chart_hours:g} h", id_="tile-done"),
         _tile(seconds(median) or "-", f"median turnaround, {data.chart_hours:g} h"),
     ]
@@ -201,6 +207,7 @@ def overview_page(ctx: Context, data: Overview) -> Html:
             ),
             class_="charts",
         ),
+        _held_section(ctx, data.held, show=show),
         tag("h2", "Jobs"),
         _filters(data.filter),
         _jobs_table(ctx, data.jobs, data.accessions, show=show),
@@ -284,6 +291,68 @@ def _retry_button(ctx: Context, job: JobView) -> Html:
         tag("button", "Retry", type="submit", class_="act"),
         method="post",
         action=f"/jobs/{job.job_id}/retry",
+    )
+
+
+def _held_section(ctx: Context, held: Sequence[JobView], *, show: bool) -> Fragment:
+    """Results outside what their model declares plausible, held until released or
+    discarded (admins get the buttons)."""
+    if not held:
+        return ""
+    rows: list[list[Fragment]] = [
+        [
+            tag("a", job.job_id[:8], href=f"/jobs/{job.job_id}", class_="mono"),
+            when(job.updated_at, now=ctx.now),
+            job.route,
+            job.model_id,
+            tag("span", redact(job.reason, show=show), class_="reason") if job.reason else "",
+            join([_release_form(ctx, job.job_id), _discard_form(ctx, job.job_id)], " ")
+            if ctx.principal.is_admin
+            else "",
+        ]
+        for job in held
+    ]
+    return join(
+        [
+            tag("h2", "Held for review"),
+            table(
+                ["Job", "Held since", "Route", "Model", "Why", ""],
+                rows,
+                id_="held",
+                empty="",
+                row_attrs=[{"id": f"held-{job.job_id}"} for job in held],
+            ),
+        ]
+    )
+
+
+def _release_form(ctx: Context, job_id: str) -> Html:
+    return tag(
+        "form",
+        _csrf(ctx),
+        tag("button", "Release", type="submit", class_="act", id=f"action-release-{job_id}"),
+        method="post",
+        action=f"/jobs/{job_id}/release",
+    )
+
+
+def _discard_form(ctx: Context, job_id: str) -> Html:
+    return tag(
+        "form",
+        _csrf(ctx),
+        void(
+            "input",
+            type="text",
+            name="reason",
+            placeholder="why (recorded)",
+            required=True,
+            maxlength=500,
+            aria_label="reason for discarding",
+        ),
+        " ",
+        tag("button", "Discard", type="submit", class_="act danger"),
+        method="post",
+        action=f"/jobs/{job_id}/discard",
     )
 
 
@@ -557,29 +626,13 @@ def _actions(ctx: Context, detail: JobDetail) -> Html:
     forms: list[Fragment] = []
     if job.failed:
         forms.append(_action_form(ctx, job.job_id, "retry", "Retry"))
+    if job.state == "NEEDS_REVIEW":
+        forms.append(_action_form(ctx, job.job_id, "release", "Release held results"))
     undelivered = [i for i in detail.outbox if i.state.value in ("DEAD", "REJECTED")]
     if undelivered and job.state in ("FAILED", "DONE", DISCARDED):
         forms.append(_action_form(ctx, job.job_id, "resend", "Re-send results"))
     if job.state in {s.value for s in DISCARDABLE} and job.state != DISCARDED:
-        forms.append(
-            tag(
-                "form",
-                _csrf(ctx),
-                void(
-                    "input",
-                    type="text",
-                    name="reason",
-                    placeholder="why (recorded)",
-                    required=True,
-                    maxlength=500,
-                    aria_label="reason for discarding",
-                ),
-                " ",
-                tag("button", "Discard", type="submit", class_="act danger"),
-                method="post",
-                action=f"/jobs/{job.job_id}/discard",
-            )
-        )
+        forms.append(_discard_form(ctx, job.job_id))
     if not forms:
         return Html("")
     return tag("div", tag("h2", "Actions"), *forms, class_="actions", id="actions")

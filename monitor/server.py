@@ -9,7 +9,7 @@ path                        method what
 =========================== ====== =========================================================
 ``/``                       GET    overview: jobs, charts, queues, workers, destinations
 ``/jobs/<id>``              GET    one job: stages, history, outbox, actions
-``/jobs/<id>/<action>``     POST   retry, resend, discard (admin, CSRF token)
+``/jobs/<id>/<action>``     POST   retry, resend, discard, release (admin, CSRF token)
 ``/audit``                  GET    the audit log
 ``/login``, ``/logout``     POST   sessions (a GET of /login shows the form)
 ``/api/jobs[/<id>]``        GET    JSON (``?state=FAILED&limit=50``)
@@ -298,6 +298,7 @@ class MonitorApp:
             readiness=readiness(self.readings),
             disk=disk,
             filter=chosen,
+            held=self.readings.jobs(limit=self.monitor.jobs_shown, states=["NEEDS_REVIEW"]),
         )
 
     def _job_page(

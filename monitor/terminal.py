@@ -120,7 +120,7 @@ def render_text(data: dict[str, Any]) -> str:
     if not data["destinations"]:
         lines.append("  (none)")
     lines.append("")
-    header = f"{'job':8} {'state':10} {'route':14} {'model':12} " + " ".join(
+    header = f"{'job':8} {'state':14} {'route':14} {'model':12} " + " ".join(
         f"{s:>8}" for s in (*STAGES, "total")
     )
     lines.append(header + "  reason")
@@ -128,7 +128,7 @@ def render_text(data: dict[str, Any]) -> str:
         durations = job["durations"]
         cells = [seconds(durations[s]) or "-" for s in STAGES]
         cells.append(seconds(job["turnaround"]) or "-")
-        name = f"{job['job_id'][:8]} {job['state']:10} {job['route'][:14]:14} "
+        name = f"{job['job_id'][:8]} {job['state']:14} {job['route'][:14]:14} "
         name += f"{job['model'][:12]:12} "
         reason = f"  {job['reason']}" if job["reason"] else ""
         lines.append(name + " ".join(f"{c:>8}" for c in cells) + reason)

@@ -34,7 +34,9 @@ from core.jobs import JobEvent, JobState
 
 STAGES: tuple[str, ...] = ("receive", "complete", "queue", "infer", "deliver")
 
-_TERMINAL = (JobState.DONE, JobState.FAILED)
+_TERMINAL = (JobState.DONE, JobState.FAILED, JobState.NOT_APPLICABLE)
+#: States after which a READY begins a new run (a result held for review, re-run).
+_RUN_ENDS = (*_TERMINAL, JobState.NEEDS_REVIEW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def stage_times(
     for index, event in enumerate(transitions):
         # A READY after the job ended (or the very first) begins a new run; READY after
         # QUEUED is the broker refusing a message, within the same run.
-        if event.state == JobState.READY and (previous is None or previous in _TERMINAL):
+        if event.state == JobState.READY and (previous is None or previous in _RUN_ENDS):
             start = index
         if event.state != JobState.RECEIVING:
             previous = event.state

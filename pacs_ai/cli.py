@@ -19,6 +19,7 @@ import click
 from core.errors import ConfigError, PacsAiError
 from core.settings import Settings, load_settings
 from pacs_ai.operations import resend, routes
+from pacs_ai.review import discard, release
 
 CONFIG_HELP = "Configuration file (YAML). Environment: PACS_AI_CONFIG."
 
@@ -35,9 +36,9 @@ def _setup_logging(settings: Settings, level: str | None = None) -> None:
 
     from core.logs import configure_logging  # noqa: PLC0415
 
+    # Python warnings (pydicom reports lenient-reading problems as warnings) are logged
+    # too, without their text above DEBUG (core.library_logs).
     configure_logging(level or settings.logging.level, settings.logging.format)
-    # pydicom reports lenient-reading problems as Python warnings: log them instead.
-    logging.captureWarnings(True)
     for name in settings.ignored_environment:
         logging.getLogger("pacs_ai").warning(
             "ignoring environment variable %s: it names no setting", name
@@ -132,9 +133,14 @@ def config_group() -> None:
 @config_group.command(name="check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
-    """Validate FILE and report every problem at once, naming the key."""
+    """Validate FILE and report every problem at once, naming the key.
+
+    Also lists what each route's models accept (from their manifests), with a warning
+    for a route whose every series its model would refuse (recorded NOT_APPLICABLE).
+    """
     from dicom_node.node import check_routes_against_models  # noqa: PLC0415
     from models.registry import ModelRegistry  # noqa: PLC0415
+    from models.route_acceptance import routes_report  # noqa: PLC0415
 
     settings = _load(file)
     try:
@@ -155,6 +161,11 @@ def config_check(file: Path) -> None:
         f"  routes      {', '.join(r.name for r in settings.routes) or 'none (receive only)'}"
     )
     click.echo(f"  destinations {', '.join(settings.destinations) or 'none'}")
+    accepted, warnings = routes_report(settings.routes, registry)
+    for line in accepted:
+        click.echo(f"  {line}")
+    for warning in warnings:
+        click.echo(f"  warning: {warning}")
 
 
 @main.command()
@@ -167,7 +178,7 @@ def config_check(file: Path) -> None:
     multiple=True,
     type=click.Choice(
         ["RECEIVING", "READY", "QUEUED", "RUNNING", "DELIVERING", "DONE", "FAILED", "RETRYING",
-         "DISCARDED"]
+         "NEEDS_REVIEW", "NOT_APPLICABLE", "DISCARDED"]
     ),
     help="Only jobs in this state (repeatable).",
 )  # fmt: skip
@@ -369,8 +380,11 @@ def demo(out_dir: Path, input_dir: Path | None, timeout: float, keep_data: bool)
     synthetic chest CT (or --input) over C-STORE; waits for the SEG and SR; writes them to
     --out and prints what happened with the time of each stage.
     """
+    from core.library_logs import install_library_log_guard  # noqa: PLC0415
     from pacs_ai.demo import run_demo  # noqa: PLC0415
 
+    # The node runs in this process: what libraries say is logged without its text.
+    install_library_log_guard()
     try:
         run_demo(out_dir=out_dir, input_dir=input_dir, timeout=timeout, keep_data=keep_data)
     except PacsAiError as exc:
@@ -390,3 +404,5 @@ def _stop_on_signals() -> threading.Event:
 
 main.add_command(routes)
 main.add_command(resend)
+main.add_command(release)
+main.add_command(discard)

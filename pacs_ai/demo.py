@@ -241,6 +241,8 @@ class _Demo:
                     return job
                 if job.state == JobState.FAILED:
                     raise PacsAiError(f"the job failed: {job.reason}")
+                if job.state == JobState.NEEDS_REVIEW:
+                    raise PacsAiError(f"the result is held for review: {job.reason}")
             else:
                 series = _series_state(ledger, series_uid)
                 if series is not None and series != "RECEIVING":

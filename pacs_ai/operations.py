@@ -13,8 +13,11 @@ from pydicom.errors import InvalidDicomError
 
 from core.errors import ConfigError
 from core.ledger import Ledger, UnknownJobError
+from core.routing_rules import RouteSettings
 from core.settings import Settings, load_settings
 from dicom_node.routing import Arrival, Router
+from models.acceptance import facts_from_files, needs_geometry, refusals
+from models.registry import ModelRegistry
 
 CONFIG = click.option(
     "--config",
@@ -49,14 +52,21 @@ def routes() -> None:
 def routes_test(
     config: Path, paths: tuple[Path, ...], calling_ae: str, called_ae: str | None, source: str
 ) -> None:
-    """Show, per series in PATHS, which rule matches and why the others do not."""
+    """Show, per series in PATHS, which rule matches and why the others do not, and
+    whether each model of the matching rules accepts the series (from its headers, as the
+    node decides when the series completes: a refused one is recorded NOT_APPLICABLE)."""
     settings = _settings(config)
     router = Router(settings.routes, mode=settings.routing.mode)
+    try:
+        registry = ModelRegistry.discover(settings.model_dirs, check_weights=False)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     arrival = None
     if calling_ae or source or called_ae:
         arrival = Arrival(calling_ae, called_ae or settings.node.ae_title, source)
     seen = 0
-    for header, count in _series_headers(paths):
+    for header, files in _series_headers(paths):
+        count = len(files)
         seen += 1
         description = header.get("SeriesDescription", "")
         click.echo(
@@ -83,6 +93,8 @@ def routes_test(
             f"  => {', '.join(r.name for r in applied) or 'no rule: recorded UNROUTED'}"
             f" (routing.mode: {settings.routing.mode})"
         )
+        for line in _acceptance(applied, files, registry):
+            click.echo(f"     {line}")
     if not seen:
         raise click.ClickException("no readable DICOM files in the given paths")
 
@@ -112,10 +124,31 @@ def resend(config: Path, job_id: str) -> None:
     click.echo(f"job {job_id}: {result.message}; the node sends them")
 
 
-def _series_headers(paths: tuple[Path, ...]) -> Iterator[tuple[Dataset, int]]:
-    """The first readable header of each series under ``paths``, with the file count."""
+def _acceptance(
+    routes: list[RouteSettings], files: list[Path], registry: ModelRegistry
+) -> Iterator[str]:
+    """Per model of the applied routes: accepted, or why it would be refused."""
+    models = list(dict.fromkeys(m for route in routes for m in route.models))
+    installed = [registry.get(m).manifest for m in models if m in registry]
+    facts = facts_from_files(files, geometry=any(needs_geometry(m.accepts) for m in installed))
+    for model_id in models:
+        if model_id not in registry:
+            yield f"{model_id}: not installed (no package in model_dirs)"
+            continue
+        problems = refusals(registry.get(model_id).manifest.accepts, facts)
+        if problems:
+            yield (
+                f"would be refused by {model_id}: {'; '.join(problems)} "
+                "(recorded NOT_APPLICABLE, not queued)"
+            )
+        else:
+            yield f"{model_id} accepts it"
+
+
+def _series_headers(paths: tuple[Path, ...]) -> Iterator[tuple[Dataset, list[Path]]]:
+    """The first readable header of each series under ``paths``, with its files."""
     first: dict[str, Dataset] = {}
-    counts: dict[str, int] = {}
+    files: dict[str, list[Path]] = {}
     for path in paths:
         for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
             try:
@@ -123,7 +156,9 @@ def _series_headers(paths: tuple[Path, ...]) -> Iterator[tuple[Dataset, int]]:
             except (InvalidDicomError, OSError):
                 continue
             uid = str(header.get("SeriesInstanceUID", file))
-            first.setdefault(uid, header)
-            counts[uid] = counts.get(uid, 0) + 1
+            if uid not in first:
+                first[uid] = header
+                files[uid] = []
+            files[uid].append(file)
     for uid, header in first.items():
-        yield header, counts[uid]
+        yield header, files[uid]

@@ -232,9 +232,12 @@ class DeliveryService:
         states = {item.state for item in items}
         if states == {DeliveryState.SENT}:
             seconds = max(i.sent_at or 0 for i in items) - min(i.created_at for i in items)
+            flagged = job.result.get("flagged")
             self.ledger.transition(
                 job_id,
                 JobState.DONE,
+                # A result delivered flagged (on_implausible: deliver_flagged) says so.
+                reason=str(flagged) if flagged else None,
                 detail={
                     "timings": {"deliver": seconds},
                     "destinations": sorted({i.destination for i in items}),

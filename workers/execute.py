@@ -12,6 +12,13 @@ worker never waits on a PACS. The three outcomes of STYLE.md:
   reason and a quarantine record; never retried;
 * anything else is a bug: logged once with its traceback, quarantined, FAILED, re-raised.
 
+Before anything is written the result is checked against what the model declares
+plausible (``expect:``, :mod:`inference.plausibility`). A result outside it is held, the
+job NEEDS_REVIEW with the reason and its results written but not delivered until an
+operator releases them (route ``on_implausible: hold``, the default), or delivered
+flagged (``deliver_flagged``: Series Descriptions ``CHECK ...``, the SR saying what was out
+of range, the job DONE with that reason).
+
 Idempotent under ``acks_late``: a message for a job that got as far as DELIVERING is
 ignored, and result UIDs are derived from the job's inputs, so a re-run replaces.
 """
@@ -53,7 +60,12 @@ class JobExecutor:
         ledger = self.runtime.ledger
         with log_context(job_id=message.job_id, series_uid=message.series_uid):
             job = ledger.get_job(message.job_id)
-            if job.state in (JobState.DELIVERING, JobState.DONE, JobState.FAILED):
+            if job.state in (
+                JobState.DELIVERING,
+                JobState.DONE,
+                JobState.FAILED,
+                JobState.NEEDS_REVIEW,
+            ):
                 # acks_late: the message of a job that got this far can come again.
                 logger.info("job already %s; ignoring a duplicate message", job.state)
                 return Outcome(state=None)
@@ -81,6 +93,7 @@ class JobExecutor:
             return Outcome(state=ledger.get_job(job.job_id).state)
 
     def _process(self, job: JobRecord) -> None:
+        from inference.plausibility import check_plausibility  # noqa: PLC0415
         from inference.results import load_and_predict, write_results  # noqa: PLC0415
 
         ledger = self.runtime.ledger
@@ -102,12 +115,18 @@ class JobExecutor:
                 job.job_id, f"series read ahead while the previous job ran ({ahead[1]:.2f} s)"
             )
         started = time.perf_counter()
+        verdict = check_plausibility(volume, prediction, manifest)
+        timings["check"] = time.perf_counter() - started
+        action = self._on_implausible(job)
+        flagged = verdict if not verdict.ok and action == "deliver_flagged" else None
+        started = time.perf_counter()
         written = write_results(
             volume,
             prediction,
             manifest,
             out_dir=settings.results_dir / job.job_id,
             profiles=self._profiles(job),
+            flagged=flagged,
         )
         timings["write"] = time.perf_counter() - started
         for note in volume.notes:
@@ -132,13 +151,37 @@ class JobExecutor:
             "seg_sop_instance_uid": written.seg_sop_instance_uid,
             "sr_sop_instance_uid": written.sr_sop_instance_uid,
             "measurements_ml": written.measurements_ml,
+            "plausibility": {**verdict.as_dict(), "on_implausible": action},
         }
         logger.info(
             "model %s ran in %s",
             job.model_id,
             ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
         )
-        self._hand_over(job, result, timings)
+        if verdict.ok:
+            self._hand_over(job, result, timings)
+        elif flagged is None:
+            reason = f"held for review: {verdict.reason}"
+            ledger.transition(
+                job.job_id,
+                JobState.NEEDS_REVIEW,
+                reason=reason,
+                result=result,
+                detail={"timings": timings},
+            )
+            logger.warning("result outside the model's expectations, %s", reason)
+        else:
+            flag = f"delivered flagged CHECK: {verdict.reason}"
+            result["flagged"] = flag
+            ledger.note(job.job_id, flag)
+            logger.warning("result outside the model's expectations, %s", flag)
+            self._hand_over(job, result, timings)
+
+    def _on_implausible(self, job: JobRecord) -> str:
+        """The job's route's ``on_implausible`` (``hold`` for a route no longer configured)."""
+        routes = self.runtime.settings.routes
+        route = next((r for r in routes if r.name == job.route), None)
+        return route.on_implausible if route is not None else "hold"
 
     def _profiles(self, job: JobRecord) -> dict[str, OutputProfile]:
         """The output profile of each of the job's destinations (no destination: the

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.jobs import JobState
 from core.ledger import Ledger
+from inference.projection import load_projection, series_is_projection
 from inference.volume import Volume, load_series
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ class _Slot:
 
 
 class VolumePrefetcher:
-    def __init__(self, ledger: Ledger, models: Callable[[], set[str]]) -> None:
+    """``models`` gives the models this worker serves, each with the missing slices its
+    manifest lets the loader interpolate (:attr:`ModelManifest.max_missing_slices`)."""
+
+    def __init__(self, ledger: Ledger, models: Callable[[], Mapping[str, int]]) -> None:
         self._ledger = ledger
         self._models = models
         self._lock = threading.Lock()
@@ -96,9 +100,16 @@ class VolumePrefetcher:
             # The broker's order: most urgent priority first, then oldest.
             job = min(waiting, key=lambda j: (j.priority, j.updated_at))
             paths = [Path(i.path) for i in self._ledger.series_instances(job.series_instance_uid)]
+            projection = series_is_projection(paths)
+            if projection and len(paths) > 1:
+                return  # the job itself picks the film its model accepts
             started = time.perf_counter()
             before = signature(paths)
-            volume = load_series(paths)
+            volume = (
+                load_projection(paths)
+                if projection
+                else load_series(paths, max_missing=models[job.model_id])
+            )
             slot = _Slot(job.job_id, before, volume, time.perf_counter() - started)
             with self._lock:
                 self._slot = slot

@@ -141,7 +141,13 @@ class WorkerRuntime:
         if choice == "off" or (choice == "auto" and not self.device.startswith("cuda")):
             return None
         if self._prefetcher is None:
-            self._prefetcher = VolumePrefetcher(self.ledger, lambda: set(self._runners))
+            self._prefetcher = VolumePrefetcher(
+                self.ledger,
+                lambda: {
+                    model_id: runner.manifest.max_missing_slices
+                    for model_id, runner in self._runners.items()
+                },
+            )
         return self._prefetcher
 
     def job_started(self, job_id: str) -> None:

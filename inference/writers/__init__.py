@@ -13,11 +13,13 @@ writing validation RAISE, PS3.10 file format) and atomically.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from io import BytesIO
@@ -28,13 +30,16 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import config, dcmread
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
+from pydicom.valuerep import DA, TM, validate_value
 
 from core.errors import InvalidInputError
 from inference import codes
+from inference.frames import frame_view, is_multiframe, with_shared_geometry
 from inference.uids import derive_uid
 from models.manifest import LabelSpec, ModelManifest
 
@@ -49,15 +54,41 @@ STAGE = "write"
 MANUFACTURER = "pacs-ai"
 
 _FRAME_OF_REFERENCE_UID = Tag(0x0020, 0x0052)
+_PATIENT_SEX = Tag(0x0010, 0x0040)
+_SLICE_THICKNESS = Tag(0x0018, 0x0050)
 _BULK_TAGS = frozenset(
     {Tag(0x7FE0, 0x0010), Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x0042, 0x0011)}
 )
 _LO_MAX = 64
 _ST_MAX = 1024
 
-#: Series Number of each kind of result, added to the model's base (IHE AI Results:
-#: deterministic series numbers, so that hanging protocols can rely on them).
-_SERIES_OFFSETS = {"seg": 1, "sr": 2, "sc": 3, "pdf": 4}
+#: The last digit of each kind of result's Series Number (see result_series_number).
+_KIND_DIGITS = {"seg": 1, "sr": 2, "sc": 3, "pdf": 4}
+#: How each kind of result names itself in its Series Description.
+_KIND_WORDS = {"seg": "SEG", "sr": "SR", "sc": "overlay", "pdf": "summary"}
+#: Source Series Numbers 0-9999 appear as such in result Series Numbers.
+_SOURCE_NUMBERS = 10_000
+#: Model slots 0-999 (crc32 of the model id).
+_MODEL_SLOTS = 1_000
+#: Leading digit of every result Series Number: above the numbers scanners use.
+_RESULT_SERIES_BASE = 100_000_000
+#: Patient and General Study attributes (Type 2, PS3.3 C.7.1.1 and C.7.2.1) that
+#: highdicom reads from the first source image as attributes: absent, they raise.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+#: Patient's Sex values PS3.3 C.7.1.1 allows (highdicom refuses any other).
+_PATIENT_SEXES = frozenset({"M", "F", "O"})
+#: Patient's Age (AS, PS3.5 6.2): three digits and D, W, M or Y ("081Y").
+_PATIENT_AGE = re.compile(r"^[0-9]{3}[DWMY]$")
 
 
 def pacs_ai_version() -> str:
@@ -79,18 +110,45 @@ def software_versions(manifest: ModelManifest) -> tuple[str, str]:
     )
 
 
-def result_series_number(model_id: str, kind: str) -> int:
-    """Deterministic Series Number of a model's results of one kind (IHE AI Results).
+def source_series_number(source: Dataset) -> int:
+    """The number standing for a source series in its results' Series Numbers: 0-9999.
 
-    Stable per model, distinct between models in practice, and clear of the low numbers
-    scanners use for their own series: ``9000 + 10 x (crc32(model id) mod 900)``, plus 1
-    for the SEG, 2 the SR, 3 the Secondary Capture images, 4 the PDF.
+    The source's Series Number when it is an integer from 0 to 9999, else (absent, empty,
+    negative or larger, which happens) ``crc32(Series Instance UID) mod 10000``.
+    """
+    with contextlib.suppress(TypeError, ValueError):  # absent, empty, not one integer
+        number = int(source.get("SeriesNumber"))
+        if 0 <= number < _SOURCE_NUMBERS:
+            return number
+    return zlib.crc32(str(source.SeriesInstanceUID).encode()) % _SOURCE_NUMBERS
+
+
+def result_series_number(source: Dataset, model_id: str, kind: str) -> int:
+    """Deterministic Series Number of a model's results of one kind on one source series.
+
+    The scheme (IHE AI Results asks for deterministic series numbers, so that hanging
+    protocols can rely on them), nine digits ``1 SSSS MMM K``::
+
+        100000000 + 10000 x S + 10 x M + K
+
+    S: the source series (:func:`source_series_number`: its own Series Number 0-9999,
+    else a hash of its UID); M: the model, ``crc32(model id) mod 1000``; K: the kind, 1
+    SEG, 2 SR, 3 Secondary Capture, 4 PDF. So results of two series of one study, of two
+    models on one series and the objects of one job all differ, every re-run gives the
+    same numbers, and results sort after every source series (scanners number theirs
+    far below 100000000), grouped by source. Two models share a slot with probability
+    1/1000 a pair; two series share numbers only when their sources do.
 
     Raises:
         KeyError: ``kind`` is not one of ``seg``, ``sr``, ``sc``, ``pdf``.
     """
-    base = 9000 + (zlib.crc32(model_id.encode()) % 900) * 10
-    return base + _SERIES_OFFSETS[kind]
+    slot = zlib.crc32(model_id.encode()) % _MODEL_SLOTS
+    return (
+        _RESULT_SERIES_BASE
+        + source_series_number(source) * _MODEL_SLOTS * 10
+        + slot * 10
+        + _KIND_DIGITS[kind]
+    )
 
 
 def processing_equipment(manifest: ModelManifest) -> hd.ContributingEquipment:
@@ -115,12 +173,26 @@ def processing_equipment(manifest: ModelManifest) -> hd.ContributingEquipment:
     )
 
 
-def series_description(manifest: ModelManifest, suffix: str = "") -> str:
-    """``AI: <model name> <version>[ suffix]``, cut to the 64 characters of LO (PS3.5 6.2)."""
-    text = f"AI: {manifest.name} {manifest.version}"
-    if suffix:
-        text = f"{text} {suffix}"
-    return text[:_LO_MAX]
+def series_description(manifest: ModelManifest, kind: str, source: Dataset) -> str:
+    """Series Description of a result: the model, the kind and the source series.
+
+    ``AI <model id> <SEG|SR|overlay|summary> of <source number> <source description>``,
+    e.g. ``AI ct-lungs SEG of 3 Thorax 1.0 B31f``: a radiologist tells the results of two
+    series of one study apart. Cut to the 64 characters of LO (PS3.5 6.2): the model id
+    to 32 at most, then the source's description. A source without Series Number or
+    description leaves that part out. This is the one place a result's description is
+    made; every writer gets it from here.
+
+    Raises:
+        KeyError: ``kind`` is not one of ``seg``, ``sr``, ``sc``, ``pdf``.
+    """
+    text = f"AI {manifest.id[:32]} {_KIND_WORDS[kind]}"
+    number = source.get("SeriesNumber")
+    described = " ".join(str(source.get("SeriesDescription") or "").split())
+    of = " ".join(str(part) for part in (number, described) if part is not None and part != "")
+    if of:
+        text = f"{text} of {of}"
+    return text[:_LO_MAX].rstrip()
 
 
 def algorithm_parameters(backend: str, precision: str) -> str:
@@ -132,25 +204,144 @@ def algorithm_parameters(backend: str, precision: str) -> str:
     return f"backend={backend},precision={precision}"
 
 
+def writable_source(header: Dataset) -> Dataset:
+    """A shallow copy of a source header that result objects can copy Patient and Study
+    attributes from, whatever the source left out.
+
+    Type 2 attributes may be absent or empty in real data (anonymisers remove Patient's
+    Birth Date, Accession Number, ...), and highdicom reads some of them as attributes:
+    absent ones (:data:`_TYPE2_COPIED`) are added empty. An empty Specific Character Set
+    (Type 1C) is left out: absent means the default repertoire (PS3.3 C.12.1.1.2). A
+    Patient's Sex other than M, F or O (PS3.3 C.7.1.1; highdicom refuses the others) is
+    written empty; a Patient's Age that is not a valid AS value is left out. ``header``
+    itself is never changed.
+    """
+    duplicate = Dataset()
+    duplicate.update(header)
+    duplicate.file_meta = header.file_meta
+    for keyword in _TYPE2_COPIED:
+        if keyword not in duplicate:
+            setattr(duplicate, keyword, None)
+    if "SpecificCharacterSet" in duplicate and not duplicate.SpecificCharacterSet:
+        del duplicate.SpecificCharacterSet
+    sex = duplicate.PatientSex
+    if sex and str(sex) not in _PATIENT_SEXES:
+        # A new element, not an assignment, which would change the element the original
+        # header shares with the copy.
+        duplicate[_PATIENT_SEX] = DataElement(_PATIENT_SEX, "CS", None)
+    age = duplicate.get("PatientAge")
+    if age and not _PATIENT_AGE.match(str(age)):
+        # Type 3 (PS3.3 C.7.2.2): left out rather than copied invalid ("81" for "081Y").
+        del duplicate.PatientAge
+    for keyword in _TYPE2_COPIED:
+        _check_copied(duplicate[keyword])
+    return duplicate
+
+
+def _check_copied(element: DataElement) -> None:
+    """Refuse a value no result may carry, naming the attribute but never the value.
+
+    highdicom's and pydicom's own errors quote it (a birth date, a name), and a job's
+    failure reason is logged and shown; their text is logged at DEBUG only.
+
+    Raises:
+        InvalidInputError: (``stage="write"``) the value does not conform to its VR.
+    """
+    value = element.value
+    try:
+        validate_value(element.VR, value, config.RAISE)
+        if element.VR in ("DA", "TM") and value:
+            (DA if element.VR == "DA" else TM)(value)  # a valid date or time, too
+    except (TypeError, ValueError) as exc:
+        logger.debug("source %s %s: %s", element.keyword, element.tag, exc)
+        raise InvalidInputError(
+            f"the source images' {element.keyword} {element.tag} does not conform to VR "
+            f"{element.VR} (PS3.5 6.2), so no result can copy it; fix it at the source (the "
+            "value is logged at DEBUG only)",
+            stage=STAGE,
+        ) from None
+
+
 def headers_in_frame(volume: Volume) -> list[Dataset]:
     """Shallow copies of the source headers carrying the volume's Frame of Reference UID.
 
     What the writers reference (the SEG's geometry, the SR's image library) uses the one
-    Frame of Reference of the volume (see the policy in :mod:`inference.volume`); the
-    source files and headers are never touched.
+    Frame of Reference of the volume (see the policy in :mod:`inference.volume`), and
+    they are :func:`writable_source` copies; the source files and headers are never
+    touched.
     """
     copies = []
     for header in volume.source_headers:
-        duplicate = Dataset()
-        duplicate.update(header)
-        duplicate.file_meta = header.file_meta
-        # A new element, not `duplicate.FrameOfReferenceUID = ...`, which would change
-        # the element object the original header shares.
-        duplicate[_FRAME_OF_REFERENCE_UID] = DataElement(
-            _FRAME_OF_REFERENCE_UID, "UI", volume.frame_of_reference_uid
+        # highdicom reads a multi-frame source's orientation and pixel measures from its
+        # shared functional groups only; the loader has checked that every frame has the same.
+        duplicate = writable_source(
+            with_shared_geometry(header) if is_multiframe(header) else header
         )
+        if "ImageOrientationPatient" in duplicate and duplicate.get("SliceThickness") in (None, ""):
+            # Type 2 and often empty, but the SEG's Pixel Measures and the SR's image
+            # library need a value: the slice step is what a stack without one represents.
+            duplicate[_SLICE_THICKNESS] = DataElement(
+                _SLICE_THICKNESS, "DS", f"{volume.spacing[2]:.6g}"
+            )
+        # A projection radiograph without a Frame of Reference keeps having none: no UID
+        # (nor plane positions) is invented for it (see inference.projection).
+        if volume.frame_of_reference_uid:
+            # A new element, not `duplicate.FrameOfReferenceUID = ...`, which would
+            # change the element object the original header shares.
+            duplicate[_FRAME_OF_REFERENCE_UID] = DataElement(
+                _FRAME_OF_REFERENCE_UID, "UI", volume.frame_of_reference_uid
+            )
         copies.append(duplicate)
     return copies
+
+
+def encoded_slices(volume: Volume) -> list[int]:
+    """The z index of each source image (or frame) a SEG encodes, in source order.
+
+    highdicom takes a SEG's pixel array in the order of its source images: one plane per
+    single-frame header of :func:`headers_in_frame`, or one per frame of the one
+    multi-frame header, in frame order. Slices interpolated over missing slices have no
+    source image and are left out: the SEG has frames only on real images.
+    """
+
+    def order(z: int) -> tuple[int, int]:
+        source = volume.slice_source(z)
+        assert source is not None  # source_slices holds only slices read from a source
+        return (source.header_index, source.frame_number or 0)
+
+    return sorted(volume.source_slices, key=order)
+
+
+def frame_numbers_of(volume: Volume, slices: Sequence[int]) -> dict[int, list[int]]:
+    """The source images of ``slices`` (z indices): header index -> its frame numbers
+    (empty for a single-frame image). Interpolated slices are left out."""
+    images: dict[int, list[int]] = {}
+    for z in slices:
+        source = volume.slice_source(z)
+        if source is None:
+            continue
+        frames = images.setdefault(source.header_index, [])
+        if source.frame_number is not None:
+            frames.append(source.frame_number)
+    return images
+
+
+def library_images(volume: Volume) -> list[tuple[Dataset, int | None]]:
+    """The source images an SR's Image Library lists, in z order, in the volume's frame
+    of reference: each single-frame header, or a view of each frame of a multi-frame
+    header (its geometry at the top level, :func:`inference.frames.frame_view`) with its
+    frame number."""
+    headers = headers_in_frame(volume)
+    images: list[tuple[Dataset, int | None]] = []
+    for z in volume.source_slices:
+        source = volume.slice_source(z)
+        assert source is not None  # source_slices holds only slices read from a source
+        header = headers[source.header_index]
+        if source.frame_number is None:
+            images.append((header, None))
+        else:
+            images.append((frame_view(header, source.frame_number), source.frame_number))
+    return images
 
 
 def ordered_labels(manifest: ModelManifest) -> tuple[LabelSpec, ...]:
@@ -232,27 +423,35 @@ def strict_writing() -> Iterator[None]:
 
 
 def _check_strictly(encoded: bytes) -> None:
-    """Read ``encoded`` back with reading validation RAISE, converting every value."""
+    """Read ``encoded`` back with reading validation RAISE, converting every value.
+
+    The error names the attribute, never its value (a patient's name or birth date, as
+    often as not): pydicom's own text, which quotes it, is logged at DEBUG only.
+    """
 
     def walk(dataset: Dataset, path: str) -> None:
         for tag in list(dataset.keys()):
             if tag in _BULK_TAGS:
                 continue
-            element = dataset[tag]
+            try:
+                element = dataset[tag]
+            except (ValueError, OverflowError) as exc:
+                # pydicom: OverflowError for a DS value longer than 16 characters.
+                where = f"{path}{keyword_for_tag(tag) or 'private element'} {tag}"
+                logger.debug("strict re-reading: %s: %s", where, exc)
+                # Not chained: the cause's text quotes the value (logged at DEBUG above).
+                raise InvalidInputError(
+                    f"the encoded object's {where} has a value that does not conform to its "
+                    "VR (PS3.5 6.2); it is most likely copied from the source images: fix "
+                    "them at the source (the value is logged at DEBUG only)",
+                    stage=STAGE,
+                ) from None
             if element.VR == "SQ":
                 for index, item in enumerate(element.value):
                     walk(item, f"{path}{element.keyword}[{index}].")
 
     with config.strict_reading():
-        try:
-            walk(dcmread(BytesIO(encoded)), "")
-        except ValueError as exc:
-            raise InvalidInputError(
-                f"the encoded object has a value that does not conform to its VR "
-                f"(PS3.5 6.2): {exc} It is most likely copied from the source images; fix "
-                "them at the source",
-                stage=STAGE,
-            ) from exc
+        walk(dcmread(BytesIO(encoded)), "")
 
 
 def save_dataset(dataset: Dataset, path: Path) -> Path:

@@ -17,7 +17,7 @@ from pydicom.sr.coding import Code
 from inference import codes
 from inference.volume import Volume
 from inference.writers import ordered_labels, segment_voxel_counts
-from inference.writers.contours import key_slice, outer_contour, polygon_area
+from inference.writers.contours import outer_contour, polygon_area
 from models.manifest import LabelSpec, ModelManifest
 
 #: Significant digits of reported values: far finer than any segmentation is accurate,
@@ -56,9 +56,10 @@ class SegmentFinding:
     mean: float | None
     maximum: float | None
     unit: Code | None
-    #: ``None`` when the segment is empty.
+    #: ``None`` when the segment is empty (or only on interpolated slices).
     key_slice: KeySlice | None
-    #: Indices of the slices the segment has pixels on.
+    #: Indices of the source slices the segment has pixels on (never an interpolated
+    #: slice: see :attr:`inference.volume.Volume.interpolated_slices`).
     slices: tuple[int, ...]
 
     @property
@@ -100,18 +101,22 @@ def segment_findings(
         if count:
             mask = labels == label.value
             per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            # Slices interpolated over missing ones count in the volume, but have no
+            # source image to reference or draw on.
+            per_slice[list(volume.interpolated_slices)] = 0
             slices = tuple(int(i) for i in np.flatnonzero(per_slice))
             if unit is not None:
                 inside = volume.voxels[mask]
                 mean = round_value(float(inside.mean(dtype=np.float64)))
                 maximum = round_value(float(inside.max()))
-            index = key_slice(mask)
-            outline = outer_contour(mask[index])
-            key = KeySlice(
-                index=index,
-                outline=outline,
-                area_mm2=round_value(polygon_area(outline) * pixel_mm2),
-            )
+            if slices:
+                index = int(np.argmax(per_slice))
+                outline = outer_contour(mask[index])
+                key = KeySlice(
+                    index=index,
+                    outline=outline,
+                    area_mm2=round_value(polygon_area(outline) * pixel_mm2),
+                )
         findings.append(
             SegmentFinding(
                 label=label,
@@ -126,3 +131,27 @@ def segment_findings(
             )
         )
     return tuple(findings)
+
+
+def projection_area(volume: Volume, finding: SegmentFinding) -> float:
+    """The area a segment covers on a projection radiograph: mm2, or pixels where the
+    image has no pixel spacing (:attr:`inference.projection.Projection.calibrated`)."""
+    return round_value(finding.voxels * volume.spacing[0] * volume.spacing[1])
+
+
+def size_unit(volume: Volume) -> str:
+    """The unit :func:`size_text` gives sizes in on ``volume``: ml, mm2 or pixels."""
+    if volume.projection is None:
+        return "ml"
+    return "mm2" if volume.projection.calibrated else "pixels"
+
+
+def size_text(volume: Volume, value: float) -> str:
+    """A segment's size for people: its volume in ml, or on a radiograph its area."""
+    unit = size_unit(volume)
+    return f"{value:.0f} {unit}" if unit == "pixels" else f"{value:.1f} {unit}"
+
+
+def finding_size(volume: Volume, finding: SegmentFinding) -> float:
+    """A segment's size in :func:`size_unit`: its volume, or on a radiograph its area."""
+    return finding.volume_ml if volume.projection is None else projection_area(volume, finding)

@@ -10,8 +10,14 @@ PS3.16 TID 1600 lets an Image Library Group carry descriptors that hold for all 
 entries (row 3, HAS ACQ CONTEXT TID 1602), each entry keeping only its own (TID 1601
 row 2). So images are grouped by everything but their position; a group states modality,
 frame of reference, matrix, spacing, thickness and orientation once, and each entry only
-its Image Position (Patient) X/Y/Z: about 4 items per image instead of 15. Images that are
-not cross-sectional (or lack the attributes) are left to highdicom's own library groups.
+its Image Position (Patient) X/Y/Z: about 4 items per image instead of 15. A multi-frame
+source is listed frame by frame, each entry referencing its frame (Referenced Frame
+Number) with that frame's position. Images that are
+not cross-sectional (or lack the attributes) are left to highdicom's own library groups,
+except projection radiographs (CR, DX, MG, ...): highdicom requires Patient Orientation
+and Imager Pixel Spacing of them, which real radiographs often lack (a Secondary Capture of
+a chest film has neither), so their entries are built here, TID 1602 and TID 1603
+descriptors each only where the image has the attribute.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ _POSITION = (
     codes.DCM.ImagePositionPatientZ,
 )
 _CROSS_SECTIONAL = ("CT", "MR", "PT")
+#: Modalities of projection radiography (highdicom's list, PS3.16 TID 1603).
+_PROJECTION = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+_PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "Pixels")
 #: What the members of a group have in common: every TID 1604 descriptor but position.
 _SHARED_REQUIRED = (
     "SOPClassUID",
@@ -45,24 +54,41 @@ _ACQ_CONTEXT = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 
-def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+def image_library(
+    images: Sequence[Dataset], frame_numbers: Sequence[int | None] = ()
+) -> hd.sr.ContainerContentItem:
     """The Image Library container (TID 1600) listing ``images``.
+
+    ``frame_numbers``, when given, has one entry per image: for a frame of a multi-frame
+    image (``images`` then holds its :func:`inference.frames.frame_view`), the frame
+    number its entry references (TID 1601 row 1, Referenced Frame Number); ``None`` for
+    a single-frame image.
 
     Raises:
         ValueError: ``images`` is empty, or holds a dataset that is not an image.
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
+    frames = dict(zip(map(id, images), frame_numbers, strict=False))
     groups: dict[tuple[str, ...], list[Dataset]] = {}
+    projections: dict[tuple[str, str], list[Dataset]] = {}
     others: list[Dataset] = []
     for image in images:
         key = _group_key(image)
-        if key is None:
-            others.append(image)
-        else:
+        if key is not None:
             groups.setdefault(key, []).append(image)
+        elif str(image.get("Modality", "")) in _PROJECTION:
+            frame = str(image.get("FrameOfReferenceUID", "") or "")
+            projections.setdefault((str(image.Modality), frame), []).append(image)
+        else:
+            others.append(image)
     library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=_CONTAINS)
-    library.ContentSequence = hd.sr.ContentSequence([_group(group) for group in groups.values()])
+    library.ContentSequence = hd.sr.ContentSequence(
+        [_group(group, frames) for group in groups.values()]
+    )
+    library.ContentSequence.extend(
+        _projection_group(frame, group) for (_, frame), group in projections.items()
+    )
     if others:
         # highdicom groups them by modality and frame of reference, each entry described whole.
         library.ContentSequence.extend(hd.sr.ImageLibrary(others)[0].ContentSequence)
@@ -78,7 +104,7 @@ def _group_key(image: Dataset) -> tuple[str, ...] | None:
     return tuple(str(image.get(name)) for name in _SHARED_REQUIRED + _SHARED_OPTIONAL)
 
 
-def _group(images: list[Dataset]) -> hd.sr.ContainerContentItem:
+def _group(images: list[Dataset], frames: dict[int, int | None]) -> hd.sr.ContainerContentItem:
     """One group: the first image's descriptors but its position, then each image's position."""
     group = hd.sr.ContainerContentItem(
         name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS
@@ -86,15 +112,16 @@ def _group(images: list[Dataset]) -> hd.sr.ContainerContentItem:
     group.ContentSequence = hd.sr.ContentSequence()
     descriptors = hd.sr.ImageLibraryEntryDescriptors(images[0])
     group.ContentSequence.extend(item for item in descriptors if not _is_position(item))
-    group.ContentSequence.extend(_entry(image) for image in images)
+    group.ContentSequence.extend(_entry(image, frames.get(id(image))) for image in images)
     return group
 
 
-def _entry(image: Dataset) -> hd.sr.ImageContentItem:
+def _entry(image: Dataset, frame_number: int | None = None) -> hd.sr.ImageContentItem:
     entry = hd.sr.ImageContentItem(
         name=pacs_codes.SOURCE,
         referenced_sop_class_uid=image.SOPClassUID,
         referenced_sop_instance_uid=image.SOPInstanceUID,
+        referenced_frame_numbers=frame_number,
         relationship_type=_CONTAINS,
     )
     entry.ContentSequence = hd.sr.ContentSequence(
@@ -117,3 +144,85 @@ def _is_position(item: Dataset) -> bool:
         name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
         for code in _POSITION
     )
+
+
+def _projection_group(
+    frame_of_reference_uid: str, images: list[Dataset]
+) -> hd.sr.ContainerContentItem:
+    """A group of projection radiographs (one modality and frame of reference, if any)."""
+    group = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS
+    )
+    group.ContentSequence = hd.sr.ContentSequence()
+    if frame_of_reference_uid:
+        group.ContentSequence.append(
+            hd.sr.UIDRefContentItem(
+                name=codes.DCM.FrameOfReferenceUID,
+                value=frame_of_reference_uid,
+                relationship_type=_ACQ_CONTEXT,
+            )
+        )
+    group.ContentSequence.extend(_projection_entry(image) for image in images)
+    return group
+
+
+def _projection_entry(image: Dataset) -> hd.sr.ImageContentItem:
+    """TID 1601 entry of a projection radiograph: TID 1602 and TID 1603 descriptors, each
+    only where the image has the attribute (all are conditional on it)."""
+    entry = hd.sr.ImageContentItem(
+        name=pacs_codes.SOURCE,
+        referenced_sop_class_uid=image.SOPClassUID,
+        referenced_sop_instance_uid=image.SOPInstanceUID,
+        relationship_type=_CONTAINS,
+    )
+    modality = next(c for c in codes.cid29.concepts.values() if c.value == image.Modality)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=codes.DCM.Modality, value=modality, relationship_type=_ACQ_CONTEXT
+        )
+    ]
+    for name, value in (
+        (codes.DCM.PixelDataRows, image.Rows),
+        (codes.DCM.PixelDataColumns, image.Columns),
+    ):
+        items.append(
+            hd.sr.NumContentItem(
+                name=name, value=value, unit=_PIXELS, relationship_type=_ACQ_CONTEXT
+            )
+        )
+    orientation = image.get("PatientOrientation")
+    if orientation is not None and len(orientation) == 2 and all(orientation):
+        for name, text in zip(
+            (codes.DCM.PatientOrientationRow, codes.DCM.PatientOrientationColumn),
+            orientation,
+            strict=True,
+        ):
+            items.append(
+                hd.sr.TextContentItem(name=name, value=str(text), relationship_type=_ACQ_CONTEXT)
+            )
+    spacing = _positive_spacing(image.get("ImagerPixelSpacing")) or _positive_spacing(
+        image.get("PixelSpacing")
+    )
+    if spacing is not None:
+        for name, value in (
+            (codes.DCM.HorizontalPixelSpacing, spacing[1]),
+            (codes.DCM.VerticalPixelSpacing, spacing[0]),
+        ):
+            items.append(
+                hd.sr.NumContentItem(
+                    name=name,
+                    value=value,
+                    unit=codes.UCUM.Millimeter,
+                    relationship_type=_ACQ_CONTEXT,
+                )
+            )
+    entry.ContentSequence = hd.sr.ContentSequence(items)
+    return entry
+
+
+def _positive_spacing(value: object) -> tuple[float, float] | None:
+    """(row, column) spacing when ``value`` is two positive numbers, else ``None``."""
+    if not isinstance(value, Sequence) or len(value) != 2:
+        return None
+    row, column = float(value[0]), float(value[1])
+    return (row, column) if row > 0 and column > 0 else None

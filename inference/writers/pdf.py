@@ -41,8 +41,9 @@ from inference.writers import (
     series_description,
     software_versions,
     strict_writing,
+    writable_source,
 )
-from inference.writers.findings import SegmentFinding
+from inference.writers.findings import SegmentFinding, finding_size, size_unit
 from inference.writers.sc import WARNING
 from models.manifest import ModelManifest
 
@@ -222,7 +223,15 @@ def summary_pdf(
     y -= 12
     if findings:
         unit = next((_unit_text(f.unit) for f in findings if f.unit is not None), None)
-        header = ["Finding", "Found", "Volume (ml)", "Mean", "Maximum", "Key slice"]
+        size = "Volume" if volume.projection is None else "Area"
+        header = [
+            "Finding",
+            "Found",
+            f"{size} ({size_unit(volume)})",
+            "Mean",
+            "Maximum",
+            "Key slice",
+        ]
         if unit is not None:
             header[3:5] = [f"Mean ({unit})", f"Max ({unit})"]
         rows = [header]
@@ -231,7 +240,7 @@ def summary_pdf(
                 [
                     finding.label.name[:28],
                     "yes" if finding.present else "no",
-                    f"{finding.volume_ml:.1f}",
+                    f"{finding_size(volume, finding):.1f}",
                     "-" if finding.mean is None else f"{finding.mean:.0f}",
                     "-" if finding.maximum is None else f"{finding.maximum:.0f}",
                     "-"
@@ -239,7 +248,7 @@ def summary_pdf(
                     else f"{finding.key_slice.index + 1} of {volume.shape[0]}",
                 ]
             )
-        total = sum(f.volume_ml for f in findings)
+        total = sum(finding_size(volume, f) for f in findings)
         rows.append(["Total of all findings", "", f"{total:.1f}", "", "", ""])
         table = _table(rows, [_MARGIN, 200, 250, 320, 390, 460], y)
     else:
@@ -291,19 +300,23 @@ def build_encapsulated_pdf(
     series_number: int,
     referenced_slices: Sequence[int] = (),
     instance_number: int = 1,
+    description: str | None = None,
 ) -> Dataset:
     """Wrap ``document`` (PDF bytes) in an Encapsulated PDF object of the source's study.
 
     Implements PS3.3 A.45.1 (Encapsulated PDF IOD): Patient, General Study, Encapsulated
     Document Series (Modality DOC), General Equipment, SC Equipment, Encapsulated
     Document and SOP Common modules. ``referenced_slices`` are the source slices whose
-    images the document shows (Source Instance Sequence).
+    images the document shows (Source Instance Sequence). ``description`` (the Series
+    Description) defaults to :func:`~inference.writers.series_description`'s. Patient
+    and Study attributes come from a :func:`writable_source` copy of the first source
+    header.
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
             conform (writing validation RAISE).
     """
-    source = volume.source_headers[0]
+    source = writable_source(volume.source_headers[0])
     with strict_writing():
         try:
             dataset = hd.base.SOPClass(
@@ -325,7 +338,7 @@ def build_encapsulated_pdf(
                 study_date=source.get("StudyDate"),
                 study_time=source.get("StudyTime"),
                 referring_physician_name=source.get("ReferringPhysicianName"),
-                series_description=series_description(manifest, "summary"),
+                series_description=description or series_description(manifest, "pdf", source),
                 manufacturer_model_name=manifest.name,
                 software_versions=list(software_versions(manifest)),  # type: ignore[arg-type]
                 device_serial_number=str(device_observer_uid(manifest)),
@@ -350,8 +363,10 @@ def build_encapsulated_pdf(
         dataset.VerificationFlag = "UNVERIFIED"
         if referenced_slices:
             references = []
-            for index in referenced_slices:
-                header = volume.source_headers[index]
+            # A multi-frame source once (this sequence references instances, not frames).
+            indices = {volume.slice_source(index) for index in referenced_slices}
+            for header_index in sorted({i.header_index for i in indices if i is not None}):
+                header = volume.source_headers[header_index]
                 item = Dataset()
                 item.ReferencedSOPClassUID = header.SOPClassUID
                 item.ReferencedSOPInstanceUID = header.SOPInstanceUID

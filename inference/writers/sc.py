@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from core.errors import InvalidInputError
-from inference.volume import Volume
+from inference.volume import SliceSource, Volume
 from inference.writers import (
     MANUFACTURER,
     STAGE,
@@ -41,9 +41,10 @@ from inference.writers import (
     series_description,
     software_versions,
     strict_writing,
+    writable_source,
 )
 from inference.writers.contours import rim
-from inference.writers.findings import SegmentFinding
+from inference.writers.findings import SegmentFinding, finding_size, size_text
 from models.manifest import ModelManifest
 
 #: The annotation burned into every image (and written to Image Comments).
@@ -96,6 +97,10 @@ def window_of(volume: Volume) -> tuple[float, float]:
         first_center = float(center[0] if isinstance(center, Sequence) else center)
         first_width = float(width[0] if isinstance(width, Sequence) else width)
         if first_width > 1:
+            projection = volume.projection
+            if projection is not None and projection.inverted:
+                # The window is on the stored MONOCHROME1 values; the volume's are inverted.
+                first_center = sum(projection.value_range) - first_center
             return first_center - first_width / 2, first_center + first_width / 2
     low, high = np.percentile(volume.voxels[:: max(1, volume.shape[0] // 16)], [1.0, 99.0])
     return float(low), float(max(high, low + 1.0))
@@ -169,7 +174,10 @@ def render_slice(
     model = f"{manifest.name} {manifest.version}"
     draw.text((size // 2, line + size // 8), model, fill=(255, 255, 255), font=small)
     legend = [
-        (finding.label.color, f"{finding.label.name}: {finding.volume_ml:.1f} ml")
+        (
+            finding.label.color,
+            f"{finding.label.name}: {size_text(volume, finding_size(volume, finding))}",
+        )
         for finding in on_slice
     ] or [((160, 160, 160), "no finding on this slice" if present else "no finding")]
     y = top + gray.shape[0] + size // 4
@@ -193,6 +201,7 @@ def build_sc_images(
     max_images: int = 32,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     skip: Callable[[int], bool] = lambda index: False,
+    description: str | None = None,
 ) -> list[tuple[int, hd.sc.SCImage]]:
     """Secondary Capture images of the slices with findings (see the module).
 
@@ -200,31 +209,44 @@ def build_sc_images(
     which ``skip(index)`` is true (written already). ``sop_instance_uid(k)`` gives the
     SOP Instance UID of the image of slice ``k``, and its Instance Number is ``k + 1``,
     so that an image is the same whichever other slices a destination gets and a re-run
-    replaces rather than adds images. Implements PS3.3 A.8.1 (Secondary Capture Image
-    IOD) with the SC Equipment (C.8.6.1) and SC Image (C.8.6.2) modules.
+    replaces rather than adds images. ``description`` (the Series Description) defaults
+    to :func:`~inference.writers.series_description`'s. Implements PS3.3 A.8.1
+    (Secondary Capture Image IOD) with the SC Equipment (C.8.6.1) and SC Image (C.8.6.2)
+    modules.
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
             conform (writing validation RAISE).
     """
-    slices = choose_slices(findings, volume.shape[0], max_images)
+    # Findings are on source slices; the middle slice shown when there is none may have
+    # been interpolated: the nearest source slice then.
+    real = volume.source_slices
+    slices = [
+        index if volume.slice_source(index) is not None else min(real, key=lambda z: abs(z - index))
+        for index in choose_slices(findings, volume.shape[0], max_images)
+    ]
     window = window_of(volume)
-    row_letters = _orientation_letters(volume.direction[:, 0])
-    column_letters = _orientation_letters(volume.direction[:, 1])
+    orientation = _patient_orientation(volume)
+    # A radiograph without pixel spacing gets none (rather than an invented 1 mm).
+    calibrated = volume.projection is None or volume.projection.calibrated
     images = []
     with strict_writing():
         for index in slices:
             if skip(index):
                 continue
-            caption = f"slice {index + 1} of {volume.shape[0]}"
+            caption = (
+                f"slice {index + 1} of {volume.shape[0]}"
+                if volume.projection is None
+                else f"radiograph, {volume.modality} {volume.shape[2]} x {volume.shape[1]}"
+            )
             rendered = render_slice(
                 volume, labels, findings, manifest, index=index, window=window, caption=caption
             )
             scale = rendered.scale
-            source = volume.source_headers[index]
+            source = volume.source_headers[source_of(volume, index).header_index]
             try:
                 image = hd.sc.SCImage.from_ref_dataset(
-                    ref_dataset=source,
+                    ref_dataset=writable_source(source),
                     pixel_array=rendered.pixels,
                     # JPEG 2000 Lossless stores RGB with its reversible colour transform.
                     photometric_interpretation=(
@@ -240,14 +262,16 @@ def build_sc_images(
                     instance_number=index + 1,
                     manufacturer=MANUFACTURER,
                     # (row, column) spacing in mm; highdicom annotates it as ints.
-                    pixel_spacing=(  # type: ignore[arg-type]
-                        volume.spacing[1] / scale,
-                        volume.spacing[0] / scale,
+                    pixel_spacing=(
+                        (volume.spacing[1] / scale, volume.spacing[0] / scale)  # type: ignore[arg-type]
+                        if calibrated
+                        else None
                     ),
-                    patient_orientation=(row_letters, column_letters),
+                    # highdicom requires an orientation; emptied below where there is none.
+                    patient_orientation=orientation or ("L", "F"),
                     transfer_syntax_uid=transfer_syntax_uid,
                     contributing_equipment=[processing_equipment(manifest)],
-                    series_description=series_description(manifest, "overlay"),
+                    series_description=description or series_description(manifest, "sc", source),
                     manufacturer_model_name=manifest.name,
                     software_versions=list(software_versions(manifest)),
                     device_serial_number=str(device_observer_uid(manifest)),
@@ -256,13 +280,42 @@ def build_sc_images(
                 raise InvalidInputError(
                     f"cannot encode the secondary capture: {exc}", stage=STAGE
                 ) from exc
-            _describe(image, source, manifest)
+            if orientation is None:
+                # Type 2C (PS3.3 C.7.6.1): empty, unknown, rather than invented.
+                image.PatientOrientation = []
+            _describe(image, source, manifest, source_of(volume, index).frame_number)
             images.append((index, image))
     return images
 
 
-def _describe(image: hd.sc.SCImage, source: Dataset, manifest: ModelManifest) -> None:
-    """General Image attributes that say what the image is and where it comes from."""
+def _patient_orientation(volume: Volume) -> tuple[str, str] | None:
+    """Patient Orientation (PS3.3 C.7.6.1.1.1) of the images: from the volume's direction,
+    or a radiograph's own (``None`` when it has none: it has no direction to derive one
+    from)."""
+    if volume.projection is None:
+        return (
+            _orientation_letters(volume.direction[:, 0]),
+            _orientation_letters(volume.direction[:, 1]),
+        )
+    value = volume.source_headers[0].get("PatientOrientation")
+    if value is None or len(value) != 2 or not all(value):
+        return None
+    return (str(value[0]), str(value[1]))
+
+
+def source_of(volume: Volume, index: int) -> SliceSource:
+    """Where slice ``index`` was read from (it must not be interpolated)."""
+    source = volume.slice_source(index)
+    if source is None:
+        raise ValueError(f"slice {index} was interpolated: it has no source image")
+    return source
+
+
+def _describe(
+    image: hd.sc.SCImage, source: Dataset, manifest: ModelManifest, frame_number: int | None
+) -> None:
+    """General Image attributes that say what the image is and where it comes from
+    (a frame of a multi-frame source by its Referenced Frame Number, PS3.3 C.7.6.1.1.2)."""
     image.BurnedInAnnotation = "YES"
     # Rendered here, not captured from a scanner's video interface.
     image.ConversionType = "WSD"
@@ -271,6 +324,10 @@ def _describe(image: hd.sc.SCImage, source: Dataset, manifest: ModelManifest) ->
         image.BodyPartExamined = source.BodyPartExamined
     else:
         image.Laterality = ""
+    if "Laterality" in source:
+        # As the source has it (radiographs of a body part dciodvfy does not know, such
+        # as THORAX, need it): the side of a paired part, or empty for unknown.
+        image.Laterality = source.Laterality
     image.ImageComments = f"{WARNING}: {manifest.name} {manifest.version}"
     image.DerivationDescription = (
         f"Segmentation outlines of {manifest.name} {manifest.version} burned into the source "
@@ -279,6 +336,8 @@ def _describe(image: hd.sc.SCImage, source: Dataset, manifest: ModelManifest) ->
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame_number is not None:
+        reference.ReferencedFrameNumber = frame_number
     reference.PurposeOfReferenceCodeSequence = [_SOURCE_PURPOSE]
     image.SourceImageSequence = [reference]
     if "FrameOfReferenceUID" in image:

@@ -13,7 +13,18 @@ Contributing Equipment Sequence as the processing equipment (IHE AI Results).
 
 Frame of Reference: highdicom is given copies of the source headers carrying
 :attr:`Volume.frame_of_reference_uid` (see the policy in :mod:`inference.volume`); the
-source files are never touched.
+source files are never touched. A projection radiograph (:mod:`inference.projection`)
+has none: its SEG has no Frame of Reference and no plane positions (one frame per
+segment on the one image), and Patient Orientation copied from the film.
+
+Source images and frames: the SEG has frames only on real source images. Slices the
+loader interpolated over missing slices (:attr:`Volume.interpolated_slices`) get none
+(the labels there still count in the SR's volumes). On an enhanced multi-frame source
+the pixel array goes to highdicom in the source's frame order, so each SEG frame
+references its source frame (Derivation Image / Source Image Sequence with Referenced
+Frame Number, PS3.3 C.7.6.16.2.6); highdicom reads the source's orientation and pixel
+measures from its shared functional groups, which the header copy is given
+(:func:`inference.frames.with_shared_geometry`).
 
 Empty frames (``empty_frames``, :data:`core.output_profiles.EmptyFrames`): by default
 (``one-per-segment``) a label the model did not find keeps its segment (numbering stays
@@ -48,11 +59,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from core.errors import InvalidInputError
 from core.output_profiles import EmptyFrames
 from inference.codes import code_from_spec
+from inference.frames import is_multiframe
 from inference.volume import Volume
 from inference.writers import (
     MANUFACTURER,
     STAGE,
+    count_labels,
     device_observer_uid,
+    encoded_slices,
     headers_in_frame,
     ordered_labels,
     processing_equipment,
@@ -110,6 +124,18 @@ def _segment_descriptions(
             )
         )
     return descriptions
+
+
+def _first_plane(volume: Volume, z: int) -> list[hd.PlanePositionSequence]:
+    """The plane position of slice ``z`` (where a SEG on a multi-frame image puts its one
+    frame when nothing was found)."""
+    position = volume.affine @ np.array([0.0, 0.0, float(z), 1.0])
+    return [
+        hd.PlanePositionSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            image_position=[float(v) for v in position[:3]],
+        )
+    ]
 
 
 def _drop_background_segment(seg: hd.seg.Segmentation) -> None:
@@ -187,13 +213,15 @@ def build_seg(
     segmentation_type: SegmentationType = "binary",
     empty_frames: EmptyFrames = "one-per-segment",
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    description: str | None = None,
 ) -> hd.seg.Segmentation:
     """Encode ``labels`` (``[z, y, x]``, aligned with ``volume.voxels``) as a SEG.
 
     Implements PS3.3 A.51 (Segmentation IOD; A.51.5 for the Label Map Segmentation SOP
     class) with the Segmentation Image Module (C.8.20.2), Multi-frame Functional Groups
     (C.7.6.16) and Enhanced General Equipment (C.7.5.2). ``device_serial_number``
-    defaults to the model's Device Observer UID (the SR's). See the module for
+    defaults to the model's Device Observer UID (the SR's); ``description`` (the Series
+    Description) to :func:`~inference.writers.series_description`'s. See the module for
     ``empty_frames`` and the transfer syntaxes.
 
     Raises:
@@ -219,9 +247,18 @@ def build_seg(
         raise InvalidInputError(
             f"model {manifest.id} declares no labels; it cannot produce a SEG", stage=STAGE
         )
-    counts = segment_voxel_counts(labels, manifest)
-    empty = [number for number, count in enumerate(counts, start=1) if count == 0]
+    segment_voxel_counts(labels, manifest)  # refuses undeclared values
+    # Frames only on source images (or frames): never on interpolated slices.
+    order = encoded_slices(volume)
     segment_labels = _segment_map(labels, manifest)
+    if order != list(range(labels.shape[0])):
+        segment_labels = segment_labels[order]
+    counts = count_labels(segment_labels)
+    empty = [
+        number
+        for number in range(1, len(manifest.labels) + 1)
+        if number >= counts.size or counts[number] == 0
+    ]
     parameters = {
         key: value for key, value in (("backend", backend), ("precision", precision)) if value
     }
@@ -240,9 +277,10 @@ def build_seg(
         # A SEG needs a frame: with nothing found, one plane is enough (every segment
         # then gets its one empty frame there); the other slices are still referenced.
         one_plane = len(empty) == len(descriptions) and empty_frames != "all"
+        multiframe = is_multiframe(headers[0])
         try:
             seg = hd.seg.Segmentation(
-                source_images=headers[:1] if one_plane else headers,
+                source_images=headers[:1] if one_plane and not multiframe else headers,
                 pixel_array=segment_labels[:1] if one_plane else segment_labels,
                 segmentation_type=(
                     hd.seg.SegmentationTypeValues.LABELMAP
@@ -260,9 +298,14 @@ def build_seg(
                 device_serial_number=serial,
                 content_description=f"{manifest.name} {manifest.version}"[:64],
                 content_label=_CONTENT_LABEL,
-                series_description=series_description(manifest),
+                series_description=description
+                or series_description(manifest, "seg", volume.source_headers[0]),
                 omit_empty_frames=not one_plane and empty_frames != "all",
-                further_source_images=headers[1:] if one_plane else None,
+                further_source_images=headers[1:] if one_plane and not multiframe else None,
+                # One frame of a multi-frame source: highdicom finds it by its position.
+                plane_positions=_first_plane(volume, order[0])
+                if one_plane and multiframe
+                else None,
                 transfer_syntax_uid=transfer_syntax_uid,
                 contributing_equipment=[processing_equipment(manifest)],
             )
@@ -274,6 +317,18 @@ def build_seg(
             seg = _add_empty_frames(seg, empty)
         if labelmap:
             _drop_background_segment(seg)
+        if volume.projection is not None:
+            # General Image (PS3.3 C.7.6.1): Patient Orientation is Type 2C for images
+            # without the Image Plane module, as a SEG on a radiograph is; the source's.
+            orientation = volume.source_headers[0].get("PatientOrientation")
+            seg.PatientOrientation = orientation if orientation and len(orientation) == 2 else ""
+            # Pixel Measures without Slice Thickness (legal without a Frame of Reference,
+            # C.7.6.16.2.1) is what highdicom writes for a radiograph with Pixel Spacing,
+            # and what its reader refuses; the SEG overlays its one source image pixel
+            # for pixel and needs none.
+            shared = seg.SharedFunctionalGroupsSequence[0]
+            if "PixelMeasuresSequence" in shared and "FrameOfReferenceUID" not in seg:
+                del shared.PixelMeasuresSequence
     if empty:
         names = [descriptions[n - 1].SegmentLabel for n in empty]
         logger.info(

@@ -21,7 +21,9 @@ Content (PS3.16 TID 1500), built with highdicom:
   Without a SEG (a destination whose profile has ``seg: none``) the first group is a
   TID 1501 group instead, whose evidence is the slices the segment is on;
 * a report-level **Qualitative Evaluations** container (TID 1500 row 12) saying for every
-  label whether it was found (*Present* / *Absent*).
+  label whether it was found (*Present* / *Absent*); for a result outside its model's
+  expectations, delivered flagged (:mod:`inference.plausibility`), also *Quality Control*
+  = *Value out of range* and a *Comment* per value saying what was out of range.
 
 Why two groups and no group without coordinates: viewers show an SR's measurements on
 the image they are drawn on. OHIF (3.13) merges groups that share a tracking UID, lists
@@ -35,6 +37,11 @@ every label keeps a TID 1411 group with 0 ml and *Absent* (TID 1500 needs a grou
 Classification models (:func:`build_classification_sr`) get one TID 1501 group per class
 instead: the finding, a Present/Absent qualitative evaluation at the class's threshold and
 the class Probability, referencing the source images; there is no SEG.
+
+On a projection radiograph (:mod:`inference.projection`) a volume means nothing: the
+TID 1411 group becomes a TID 1410 Planar ROI group referencing the segment in the SEG,
+and every group reports the segment's **area** (mm2, or pixels for a film without pixel
+spacing, with a Comment in the qualitative evaluations saying so).
 
 Every group carries the TID 4019 algorithm identification: model name, version, family,
 and the inference backend and precision as one Algorithm Parameters item
@@ -62,7 +69,8 @@ from inference.writers import (
     STAGE,
     algorithm_parameters,
     device_observer_uid,
-    headers_in_frame,
+    frame_numbers_of,
+    library_images,
     ordered_labels,
     processing_equipment,
     series_description,
@@ -70,6 +78,7 @@ from inference.writers import (
     strict_writing,
     tracking_identifier,
     tracking_uid,
+    writable_source,
 )
 from inference.writers.findings import SegmentFinding, round_value, segment_findings
 from inference.writers.image_library import image_library
@@ -79,6 +88,9 @@ if TYPE_CHECKING:
     from inference.pipeline import ClassResult
 
 logger = logging.getLogger(__name__)
+
+#: Longest value of a TEXT content item (UT would allow more; viewers show a line).
+_UT_MAX = 1024
 
 _Group = (
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -111,8 +123,19 @@ def _check_seg_matches(seg: hd.seg.Segmentation, manifest: ModelManifest, volume
         )
 
 
-def _measurements(finding: SegmentFinding) -> list[hd.sr.Measurement]:
-    """TID 1419 / TID 300 measurements of a segment: volume, and mean / max intensity."""
+def _area(volume: Volume, value: float) -> hd.sr.Measurement:
+    """An Area in mm2, or in pixels on a radiograph without pixel spacing."""
+    calibrated = volume.projection is None or volume.projection.calibrated
+    unit = codes.SQUARE_MILLIMETER if calibrated else codes.PIXELS
+    return hd.sr.Measurement(name=codes.AREA, value=value, unit=unit)
+
+
+def _measurements(finding: SegmentFinding, volume: Volume) -> list[hd.sr.Measurement]:
+    """TID 1419 / TID 300 measurements of a segment: volume, and mean / max intensity;
+    on a projection radiograph its area (a volume has no meaning there)."""
+    if volume.projection is not None:
+        pixel_area = volume.spacing[0] * volume.spacing[1]
+        return [_area(volume, round_value(finding.voxels * pixel_area))]
     measurements = [
         hd.sr.Measurement(
             name=codes.VOLUME,
@@ -175,9 +198,50 @@ def _volumetric_group(
         finding_type=code_from_spec(finding.label.type),
         finding_sites=_sites(finding),
         algorithm_id=algorithm,
-        measurements=_measurements(finding),
+        measurements=_measurements(finding, volume),
         qualitative_evaluations=[_presence(finding)],
     )
+
+
+def _segment_frame_group(
+    seg: hd.seg.Segmentation,
+    volume: Volume,
+    manifest: ModelManifest,
+    finding: SegmentFinding,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for a segment of a SEG on a projection radiograph (one image, so a planar
+    ROI, PS3.16 TID 1410 row 8): its frame in the SEG, its area, whether it was found."""
+    frames = [
+        index
+        for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1)
+        if "SegmentIdentificationSequence" in item
+        and int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == finding.number
+    ]
+    image = volume.source_headers[0]
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(volume, manifest, finding),
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            # A LABELMAP has one frame for every segment.
+            frame_number=frames[0] if frames else 1,
+            segment_number=finding.number,
+            source_image=hd.sr.SourceImageForSegmentation(image.SOPClassUID, image.SOPInstanceUID),
+        ),
+        finding_category=code_from_spec(finding.label.category),
+        finding_type=code_from_spec(finding.label.type),
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+        measurements=_measurements(finding, volume),
+        qualitative_evaluations=[_presence(finding)],
+    )
+    # PS3.3 C.18.3 (Image Reference Macro): a reference to a SEG names its segment *or*
+    # its frames, not both; highdicom writes both. The segment number says it all.
+    for item in group[0].ContentSequence:
+        if item.ValueType == "IMAGE" and "ReferencedSegmentNumber" in item.ReferencedSOPSequence[0]:
+            del item.ReferencedSOPSequence[0].ReferencedFrameNumber
+    return group
 
 
 def _image_group(
@@ -186,19 +250,22 @@ def _image_group(
     finding: SegmentFinding,
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 for a destination without the SEG: the slices the segment is on."""
+    """TID 1501 for a destination without the SEG: the images (or frames) the segment is on."""
     headers = volume.source_headers
+    images = frame_numbers_of(volume, finding.slices)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(volume, manifest, finding),
         finding_category=code_from_spec(finding.label.category),
         finding_type=code_from_spec(finding.label.type),
         finding_sites=_sites(finding),
         algorithm_id=algorithm,
-        measurements=_measurements(finding),
+        measurements=_measurements(finding, volume),
         qualitative_evaluations=[_presence(finding)],
         source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[index])
-            for index in finding.slices
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                headers[index], referenced_frame_numbers=frames or None
+            )
+            for index, frames in images.items()
         ]
         or None,
     )
@@ -218,36 +285,112 @@ def _planar_group(
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=key.outline,
-            source_image=hd.sr.SourceImageForRegion.from_source_image(
-                volume.source_headers[key.index]
-            ),
+            source_image=_source_for_region(volume, key.index),
         ),
         finding_category=code_from_spec(finding.label.category),
         finding_type=code_from_spec(finding.label.type),
         finding_sites=_sites(finding),
         algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(name=codes.AREA, value=key.area_mm2, unit=codes.SQUARE_MILLIMETER)
-        ],
+        measurements=[_area(volume, key.area_mm2)],
     )
 
 
-def _qualitative_evaluations(findings: Sequence[SegmentFinding]) -> hd.sr.ContainerContentItem:
-    """TID 1500 rows 12-13: whether each label was found, for the report as a whole."""
+def _source_for_region(volume: Volume, z: int) -> hd.sr.SourceImageForRegion:
+    """The source image (and frame, PS3.3 C.17.3.2.1 Referenced Frame Number) of slice
+    ``z``, which must have been read from a source (a key slice is never interpolated)."""
+    source = volume.slice_source(z)
+    if source is None:
+        raise ValueError(f"slice {z} was interpolated: it has no source image to draw on")
+    return hd.sr.SourceImageForRegion.from_source_image(
+        volume.source_headers[source.header_index],
+        referenced_frame_numbers=None if source.frame_number is None else [source.frame_number],
+    )
+
+
+def _interpolated_comment(volume: Volume) -> hd.sr.TextContentItem | None:
+    """A Comment (TID 1500 row 14) naming the slices interpolated over missing slices."""
+    missing = volume.interpolated_slices
+    if not missing:
+        return None
+    positions = [
+        "(" + ", ".join(f"{v:.2f}" for v in (volume.affine @ [0.0, 0.0, z, 1.0])[:3]) + ")"
+        for z in missing
+    ]
+    text = (
+        f"{len(missing)} missing slice(s) of the source series were interpolated linearly "
+        "between their neighbours before the model ran, at Image Position (Patient) "
+        f"{', '.join(positions)} mm (slice index {', '.join(str(z + 1) for z in missing)} "
+        f"of {volume.shape[0]}); the segmentation has no frame there"
+    )
+    return hd.sr.TextContentItem(
+        name=codes.COMMENT,
+        value=text[:_UT_MAX],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _evaluations(
+    volume: Volume, findings: Sequence[SegmentFinding], implausible: Sequence[str]
+) -> hd.sr.ContainerContentItem | None:
+    """The report's Qualitative Evaluations with the interpolation comment, if any; ``None``
+    when there is nothing to say (no findings, nothing implausible or interpolated)."""
+    comments = [c for c in (_interpolated_comment(volume), _pixels_comment(volume)) if c]
+    if not findings and not implausible and not comments:
+        return None
+    container = _qualitative_evaluations(findings, implausible)
+    container.ContentSequence.extend(comments)
+    return container
+
+
+def _pixels_comment(volume: Volume) -> hd.sr.TextContentItem | None:
+    """A Comment saying that the areas are in pixels (a radiograph without spacing)."""
+    if volume.projection is None or volume.projection.calibrated:
+        return None
+    return hd.sr.TextContentItem(
+        name=codes.COMMENT,
+        value=(
+            "The radiograph has no usable pixel spacing (Pixel Spacing and Imager Pixel "
+            "Spacing absent or 0): areas are in pixels, not mm2"
+        ),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _qualitative_evaluations(
+    findings: Sequence[SegmentFinding], implausible: Sequence[str] = ()
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 12-14: whether each label was found, for the report as a whole; and
+    for a result outside its model's expectations (``implausible``: what was out of
+    range), Quality Control = Value out of range with a Comment per value."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    container.ContentSequence = hd.sr.ContentSequence(
-        [
+    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = [
+        hd.sr.CodeContentItem(
+            name=code_from_spec(finding.label.type),
+            value=codes.PRESENT if finding.present else codes.ABSENT,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for finding in findings
+    ]
+    if implausible:
+        items.append(
             hd.sr.CodeContentItem(
-                name=code_from_spec(finding.label.type),
-                value=codes.PRESENT if finding.present else codes.ABSENT,
+                name=codes.QUALITY_CONTROL,
+                value=codes.VALUE_OUT_OF_RANGE,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
-            for finding in findings
-        ]
-    )
+        )
+        items.extend(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=problem[:_UT_MAX],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for problem in implausible
+        )
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
@@ -265,19 +408,27 @@ def build_sr(
     instance_number: int = 1,
     device_serial_number: str | None = None,
     findings: Sequence[SegmentFinding] | None = None,
+    description: str | None = None,
+    implausible: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Measurement Report of a segmentation.
 
     ``seg`` must be the SEG :func:`inference.writers.seg.build_seg` made from the same
     ``volume``, ``labels`` and ``manifest`` (BINARY or LABELMAP), or ``None`` for a
     report without one. ``findings`` (:func:`segment_findings`) are computed from
-    ``labels`` when not given. Implements PS3.3 A.35.13 (Comprehensive 3D SR IOD) with
-    PS3.16 TID 1500 / 1411 / 1410 / 1501 / 1600 / 300 / 4019 / 4108 / 1004.
+    ``labels`` when not given; ``description`` (the Series Description) defaults to
+    :func:`~inference.writers.series_description`'s. Implements PS3.3 A.35.13
+    (Comprehensive 3D SR IOD) with PS3.16 TID 1500 / 1411 / 1410 / 1501 / 1600 / 300 /
+    4019 / 4108 / 1004.
 
     Raises:
         InvalidInputError: (``stage="write"``) the label map holds undeclared values, or
             a value copied from the source does not conform (writing validation RAISE).
         ValueError: ``seg`` was not built for this manifest and volume.
+
+    ``implausible``: what was outside the model's expectations (a result delivered
+    flagged, :mod:`inference.plausibility`), added to the report's qualitative
+    evaluations as Quality Control = Value out of range and one Comment each.
     """
     if seg is not None:
         _check_seg_matches(seg, manifest, volume)
@@ -289,7 +440,9 @@ def build_sr(
         algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
         groups: list[_Group] = []
         for finding in found or findings:
-            if seg is not None:
+            if seg is not None and volume.projection is not None:
+                groups.append(_segment_frame_group(seg, volume, manifest, finding, algorithm))
+            elif seg is not None:
                 groups.append(_volumetric_group(seg, volume, manifest, finding, algorithm))
             else:
                 groups.append(_image_group(volume, manifest, finding, algorithm))
@@ -297,7 +450,9 @@ def build_sr(
             if planar is not None:
                 groups.append(planar)
         report = _measurement_report(groups, volume, observer)
-        report.ContentSequence.append(_qualitative_evaluations(findings))
+        evaluations = _evaluations(volume, findings, implausible)
+        if evaluations is not None:
+            report.ContentSequence.append(evaluations)
         sr = _document(
             report,
             [*volume.source_headers, *([seg] if seg is not None else [])],
@@ -307,6 +462,7 @@ def build_sr(
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
             serial=serial,
+            description=description,
         )
     logger.info(
         "SR %s: %d of %d label(s) found, %s",
@@ -365,6 +521,8 @@ def build_classification_sr(
     backend: str,
     precision: str,
     instance_number: int = 1,
+    description: str | None = None,
+    implausible: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Measurement Report of a classification model's findings.
 
@@ -373,6 +531,8 @@ def build_classification_sr(
     at the class's threshold), its Probability (DCM 122157, unit "1") and the TID 4019
     algorithm identification with backend and precision; the source images are the
     group's evidence. PS3.3 A.35.13, PS3.16 TID 1500 / 1501 / 4019 / 1004.
+    ``implausible`` as for :func:`build_sr`, in a report-level Qualitative Evaluations
+    container.
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
@@ -382,8 +542,13 @@ def build_classification_sr(
     with strict_writing():
         algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
         groups = [_class_group(result, volume, manifest, algorithm=algorithm) for result in classes]
+        report = _measurement_report(groups, volume, observer)
+        # TID 1500 row 12, with only the quality control or comments (rows 13-14).
+        evaluations = _evaluations(volume, (), implausible)
+        if evaluations is not None:
+            report.ContentSequence.append(evaluations)
         sr = _document(
-            _measurement_report(groups, volume, observer),
+            report,
             list(volume.source_headers),
             manifest,
             series_instance_uid=series_instance_uid,
@@ -391,6 +556,7 @@ def build_classification_sr(
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
             serial=serial,
+            description=description,
         )
     logger.info(
         "SR %s: %s",
@@ -414,7 +580,11 @@ def _measurement_report(
     # TID 1500 row 4: the Image Library comes right before the Imaging Measurements (our
     # own, with shared descriptors stated once per group: see image_library).
     measurements = len(root.ContentSequence) - 1
-    root.ContentSequence.insert(measurements, image_library(headers_in_frame(volume)))
+    images = library_images(volume)
+    root.ContentSequence.insert(
+        measurements,
+        image_library([image for image, _ in images], [frame for _, frame in images]),
+    )
     return root
 
 
@@ -428,15 +598,19 @@ def _document(
     sop_instance_uid: str,
     instance_number: int,
     serial: str,
+    description: str | None,
 ) -> hd.sr.Comprehensive3DSR:
     """``report`` as a Comprehensive 3D SR with pacs-ai's identification (IHE AIR).
+
+    Patient and Study attributes come from a :func:`writable_source` copy of the first
+    evidence item (highdicom reads them there).
 
     Raises:
         InvalidInputError: a value copied from the source does not conform.
     """
     try:
         return hd.sr.Comprehensive3DSR(
-            evidence=evidence,
+            evidence=[writable_source(evidence[0]), *evidence[1:]],
             content=report,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
@@ -446,7 +620,7 @@ def _document(
             is_complete=True,
             is_final=False,
             is_verified=False,
-            series_description=series_description(manifest, "findings"),
+            series_description=description or series_description(manifest, "sr", evidence[0]),
             manufacturer_model_name=manifest.name,
             software_versions=list(software_versions(manifest)),
             device_serial_number=serial,

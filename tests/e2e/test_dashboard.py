@@ -1,9 +1,11 @@
 """The dashboard in a real browser while the real pipeline runs.
 
-DCMTK sends a synthetic chest CT and an MR series to ``pacs-ai serve``; a ``pacs-ai
-worker`` runs ct-lungs (the MR series is routed to it too, and fails); Orthanc is the PACS.
-Headless Chromium (Debian's, driven by Playwright) signs in, watches the CT job appear and
-its stages fill in, sees the MR job's reason and retries it from the page. The metrics are
+DCMTK sends a synthetic chest CT, an MR series and a CT with missing slices to ``pacs-ai
+serve``; a ``pacs-ai worker`` runs ct-lungs; Orthanc is the PACS. The MR series is routed
+to ct-lungs too, by mistake, and is NOT_APPLICABLE from its headers (never queued); the CT
+with a gap passes the headers and fails in the worker. Headless Chromium (Debian's, driven
+by Playwright) signs in, watches the CT job appear and its stages fill in, sees the other
+jobs' reasons and retries the failed one from the page. The metrics are
 scraped and checked against the ledger, and ``/readyz`` turns not-ready when the worker
 stops. The page's self-refresh is checked on Playwright's clock: it never reloads over a
 click on a link, an action being sent or a reason being typed.
@@ -155,10 +157,15 @@ def test_the_dashboard_shows_jobs_flowing_and_retries_a_failed_one(
 
     ct = write_chest_ct_series(tmp_path / "ct", slices=48, size=160, seed=3)
     mr_files = dicom_factory.series(20, modality="MR")
-    for files in (list(ct.paths), mr_files):
+    # A CT whose headers ct-lungs accepts, and whose stack the worker refuses: five slices
+    # missing in a row.
+    gap_files = dicom_factory.series(30)
+    del gap_files[10:15]
+    for files in (list(ct.paths), mr_files, gap_files):
         sent = storescu(files, "127.0.0.1", deployment.port, "PACSAI", "MODALITY")
         assert sent.returncode == 0, sent.stdout + sent.stderr
     mr_series = str(dcmread(mr_files[0], stop_before_pixels=True).SeriesInstanceUID)
+    gap_series = str(dcmread(gap_files[0], stop_before_pixels=True).SeriesInstanceUID)
 
     # The CT job appears on the page (it reloads itself) and its stages fill in.
     ct_job = job_of(deployment, ct.series_instance_uid, timeout=60)
@@ -169,47 +176,56 @@ def test_the_dashboard_shows_jobs_flowing_and_retries_a_failed_one(
         expect(row.locator(f".stage-{stage}")).to_have_text(re.compile(r"\d"), timeout=10_000)
     expect(row.locator(".turnaround")).to_have_text(re.compile(r"\d"))
 
-    # The MR job failed; its reason is on the page.
+    # The MR series is not one ct-lungs accepts: NOT_APPLICABLE, with the reason.
     mr_job = job_of(deployment, mr_series, timeout=60)
     mr_row = page.locator(f"#job-{mr_job}")
-    expect(mr_row).to_have_attribute("data-state", "FAILED", timeout=120_000)
+    expect(mr_row).to_have_attribute("data-state", "NOT_APPLICABLE", timeout=60_000)
     expect(mr_row.locator(".reason")).to_contain_text("modality MR is not one the model accepts")
+    assert [e.state for e in ledger.events(mr_job)] == [
+        JobState.RECEIVING,
+        JobState.NOT_APPLICABLE,
+    ]
+    # The CT with a gap failed in the worker; its reason is on the page.
+    failed_job = job_of(deployment, gap_series, timeout=60)
+    failed_row = page.locator(f"#job-{failed_job}")
+    expect(failed_row).to_have_attribute("data-state", "FAILED", timeout=120_000)
+    expect(failed_row.locator(".reason")).to_contain_text("missing slices")
     expect(page.locator("#workers")).to_contain_text("ct-lungs")
     expect(page.locator("#destinations")).to_contain_text("ORTHANC@127.0.0.1")
     page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
 
     # Retry it from its page: back to READY, queued and run again by the real pipeline.
     retried_at = time.time()
-    expect(page.locator(f"#job-{mr_job} a[href='/jobs/{mr_job}']")).to_be_visible()
-    page = open_page(page, f"{base}/jobs/{mr_job}")
+    expect(page.locator(f"#job-{failed_job} a[href='/jobs/{failed_job}']")).to_be_visible()
+    page = open_page(page, f"{base}/jobs/{failed_job}")
     expect(page.locator("#stages")).to_be_visible()
     page.click("#action-retry")
     expect(page.locator("#flash")).to_contain_text("Retried")
     page.screenshot(path=str(artifacts_dir / "job-retried.png"), full_page=True)
 
     def ran_again() -> bool:
-        events = ledger.events(mr_job)
+        events = ledger.events(failed_job)
         after = [e for e in events if e.at >= retried_at and e.is_transition]
         states = [e.state for e in after]
         return states[:1] == [JobState.READY] and JobState.FAILED in states[1:]
 
-    wait_for(ran_again, 120, "the retried MR job to run again", process=deployment.node)
-    retry_event = next(e for e in ledger.events(mr_job) if e.at >= retried_at)
+    wait_for(ran_again, 120, "the retried CT job to run again", process=deployment.node)
+    retry_event = next(e for e in ledger.events(failed_job) if e.at >= retried_at)
     assert retry_event.reason == "retried by admin"
     audit = call(f"{base}/api/audit", token=READER_TOKEN).json()["audit"]
     assert any(
-        (a["actor"], a["action"], a["job_id"], a["outcome"]) == ("admin", "retry", mr_job, "ok")
+        (a["actor"], a["action"], a["job_id"], a["outcome"]) == ("admin", "retry", failed_job, "ok")
         for a in audit
     )
-    page = open_page(page, f"{base}/jobs/{mr_job}")
+    page = open_page(page, f"{base}/jobs/{failed_job}")
     expect(page.locator("#events")).to_contain_text("retried by admin")
 
     # A read-only user sees the same, without the actions.
     reader = sign_in(browser, base, "reader", READER_PASSWORD)
-    reader = open_page(reader, f"{base}/jobs/{mr_job}")
+    reader = open_page(reader, f"{base}/jobs/{failed_job}")
     expect(reader.locator("#events")).to_contain_text("retried by admin")
     assert reader.locator("#action-retry").count() == 0
-    denied = call(f"{base}/api/jobs/{mr_job}/retry", method="POST", token=READER_TOKEN, data={})
+    denied = call(f"{base}/api/jobs/{failed_job}/retry", method="POST", token=READER_TOKEN, data={})
     assert denied.status == 403
 
     # Metrics, scraped and parsed, agree with the ledger.
@@ -221,8 +237,9 @@ def test_the_dashboard_shows_jobs_flowing_and_retries_a_failed_one(
     }
     assert samples[("pacs_ai_jobs", (("model", "ct-lungs"), ("state", "DONE")))] == 1
     assert samples[("pacs_ai_jobs", (("model", "ct-lungs"), ("state", "FAILED")))] == 1
+    assert samples[("pacs_ai_jobs", (("model", "ct-lungs"), ("state", "NOT_APPLICABLE")))] == 1
     received = (("calling_ae", "MODALITY"), ("sop_class", "CT Image Storage"))
-    assert samples[("pacs_ai_instances_received_total", received)] == len(ct.paths)
+    assert samples[("pacs_ai_instances_received_total", received)] == len(ct.paths) + len(gap_files)
     mr_received = (("calling_ae", "MODALITY"), ("sop_class", "MR Image Storage"))
     assert samples[("pacs_ai_instances_received_total", mr_received)] == len(mr_files)
     assert samples[("pacs_ai_node_associations_total", (("outcome", "accepted"),))] >= 2

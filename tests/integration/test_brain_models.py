@@ -91,7 +91,11 @@ def _sample(
 
 
 class MindgrabReference:
-    """brainchop mindgrab, from its README: 1 mm, LIA, percentiles 0/99.9, crop > 0.1 + 20."""
+    """brainchop mindgrab, from its README: 1 mm, LIA, percentiles 0/99.9, crop > 0.1 + 20.
+
+    brainchop conforms the volume to a 256 mm cube first, so the 20-voxel margin always
+    exists: where it reaches beyond this smaller field of view, it is background (0).
+    """
 
     def __init__(self, head: Head, onnx_path: Path) -> None:
         self.source_shape = head.voxels.transpose(2, 1, 0).shape
@@ -107,12 +111,18 @@ class MindgrabReference:
         scaled = np.clip((resampled - low) / (high - low), 0.0, 1.0).astype(np.float32)
         self.grid_shape = scaled.shape
         found = np.nonzero(scaled > 0.1)
+        first = [int(f.min()) - 20 for f in found]
+        last = [int(f.max()) + 21 for f in found]
+        #: Background added before each axis so that the box lies inside the padded grid.
+        self.before = [max(-a, 0) for a in first]
+        after = [max(b - n, 0) for b, n in zip(last, scaled.shape, strict=True)]
+        padded = np.pad(scaled, list(zip(self.before, after, strict=True)))
+        self.padded_shape = padded.shape
         self.box = tuple(
-            slice(max(int(f.min()) - 20, 0), min(int(f.max()) + 21, n))
-            for f, n in zip(found, scaled.shape, strict=True)
+            slice(a + p, b + p) for a, b, p in zip(first, last, self.before, strict=True)
         )
         # brainchop's tensor is the conformed array with x fastest: [k, j, i].
-        self.network_input = np.ascontiguousarray(scaled[self.box].transpose(2, 1, 0))
+        self.network_input = np.ascontiguousarray(padded[self.box].transpose(2, 1, 0))
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         (self.logits,) = session.run(["logits"], {"input": self.network_input[None, None]})
 
@@ -121,9 +131,15 @@ class MindgrabReference:
         logits = self.logits[0].transpose(0, 3, 2, 1)  # [C, i, j, k] on the LIA grid
         exp = np.exp(logits - logits.max(axis=0, keepdims=True))
         probabilities = exp / exp.sum(axis=0, keepdims=True)
-        full = np.zeros((2, *self.grid_shape), dtype=np.float32)
-        full[0] = 1.0
-        full[(slice(None), *self.box)] = probabilities
+        padded = np.zeros((2, *self.padded_shape), dtype=np.float32)
+        padded[0] = 1.0
+        padded[(slice(None), *self.box)] = probabilities
+        full = padded[
+            (
+                slice(None),
+                *(slice(p, p + n) for p, n in zip(self.before, self.grid_shape, strict=True)),
+            )
+        ]
         back_axes = []
         for n_source, coords in zip(self.oriented_shape, self.axes, strict=True):
             step = coords[1] - coords[0] if len(coords) > 1 else 1.0

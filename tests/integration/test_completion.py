@@ -296,3 +296,35 @@ def test_late_instances_rerun_the_job_after_the_next_quiet_period(
     assert [j.job_id for j in again] == [job.job_id]
     assert again[0].state is JobState.QUEUED
     assert rig.ledger.get_series(series_uid(files)).instance_count == 3
+
+
+def test_an_enhanced_series_meets_min_instances_with_its_frames(
+    make_rig: Any, dicom_factory: DicomFactory, tmp_path: Path
+) -> None:
+    import highdicom as hd  # noqa: PLC0415 -- only this test makes an enhanced image
+
+    rig = make_rig(
+        routes=[
+            ct_route(
+                trigger="study", complete_when=[{"match": {"Modality": "CT"}, "min_instances": 4}]
+            )
+        ]
+    )
+    study = generate_uid()
+    slices = [dcmread(path) for path in dicom_factory.series(4, study_uid=study)]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices,
+        series_instance_uid=str(slices[0].SeriesInstanceUID),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    rig.arrive([path])
+    rig.after(10)
+
+    # One instance of four frames: the study is complete without its quiet period.
+    assert rig.ledger.get_series(series_uid([path])).instance_count == 1
+    assert rig.ledger.get_study(study).state is StudyState.ROUTED
+    assert len(rig.ledger.jobs(series_uid=series_uid([path]))) == 1

@@ -57,7 +57,8 @@ def node(tmp_path: Path, redis_server: RedisServer) -> Iterator[Node]:
 def test_a_series_sent_by_storescu_is_stored_completed_routed_and_queued(
     node: Node, redis_server: RedisServer, dicom_factory: DicomFactory
 ) -> None:
-    files = dicom_factory.series(5)
+    # ct-lungs takes at least 20 slices: fewer would be NOT_APPLICABLE, never queued.
+    files = dicom_factory.series(20)
 
     sent = storescu(files, "127.0.0.1", node.port, "PACSAI", "SCANNER")
 
@@ -78,12 +79,12 @@ def test_a_series_sent_by_storescu_is_stored_completed_routed_and_queued(
     series = node.ledger.get_series(series_uid)
     assert (series.state, series.instance_count, series.calling_ae) == (
         SeriesState.ROUTED,
-        5,
+        20,
         "SCANNER",
     )
     # Every instance is in the spool with the data set exactly as sent.
     stored = node.ledger.series_instances(series_uid)
-    assert len(stored) == 5
+    assert len(stored) == 20
     by_uid = {str(dcmread(f).SOPInstanceUID): dcmread(f) for f in files}
     for instance in stored:
         kept = dcmread(instance.path)

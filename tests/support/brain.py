@@ -109,11 +109,20 @@ def full_head() -> Head:
     return _head(1, (1.0, 1.0, 1.0))
 
 
-def write_mr_series(head: Head, folder: Path) -> list[Path]:
+def write_mr_series(
+    head: Head,
+    folder: Path,
+    *,
+    echo_time: float = 4,
+    repetition_time: float = 20,
+    scanning_sequence: str = "GR",
+) -> list[Path]:
     """Write ``head`` as an MR Image Storage series (PS3.3 A.4), one file per slice.
 
     Pixel values are the head's (whole numbers 0-255) as unsigned 16-bit, so the series
-    holds the image exactly.
+    holds the image exactly. The defaults describe a T1-weighted spoiled gradient echo;
+    :func:`t2_like` heads go with ``echo_time=95, repetition_time=4000,
+    scanning_sequence="SE"``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -149,12 +158,12 @@ def write_mr_series(head: Head, folder: Path) -> list[Path]:
         ds.Manufacturer = "pacs-ai tests"
         ds.InstanceNumber = index + 1
         ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-        ds.ScanningSequence = "GR"
+        ds.ScanningSequence = scanning_sequence
         ds.SequenceVariant = "NONE"
         ds.ScanOptions = ""
         ds.MRAcquisitionType = "3D"
-        ds.RepetitionTime = 20
-        ds.EchoTime = 4
+        ds.RepetitionTime = repetition_time
+        ds.EchoTime = echo_time
         ds.EchoTrainLength = 1
         ds.PixelSpacing = [head.spacing[1], head.spacing[0]]
         ds.SliceThickness = head.spacing[2]
@@ -173,3 +182,19 @@ def write_mr_series(head: Head, folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def t2_like(head: Head) -> Head:
+    """The same head with T2-like contrast: CSF bright, white matter darker than grey
+    matter, skull dark, scalp fat intermediate (as a T2 fast spin echo shows them).
+
+    Within the brain the template's T1 intensities are inverted (white matter, brightest
+    on T1, becomes the darkest tissue); the bands around it get T2-like values.
+    """
+    voxels = head.voxels.copy()
+    inside = head.brain
+    top = float(voxels[inside].max())
+    voxels[inside] = np.clip(top - voxels[inside], 0, None) * 0.6 + 20
+    for t1_value, t2_value in ((25.0, 230.0), (8.0, 5.0), (60.0, 40.0), (190.0, 120.0)):
+        voxels[~inside & (head.voxels == t1_value)] = t2_value
+    return Head(voxels=voxels, brain=head.brain, spacing=head.spacing, direction=head.direction)

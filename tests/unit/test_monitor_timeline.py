@@ -156,3 +156,22 @@ def test_a_cpu_worker_reports_no_gpu_in_its_heartbeat() -> None:
     from workers.runtime import gpu_status  # noqa: PLC0415
 
     assert gpu_status("cpu") == WorkerStatus()
+
+
+def test_a_held_result_run_again_starts_a_new_run() -> None:
+    history = events(
+        (S.RECEIVING, 0.0),
+        (S.READY, 12.0),
+        (S.QUEUED, 12.0),
+        (S.RUNNING, 13.0),
+        (S.NEEDS_REVIEW, 14.0),
+        (S.READY, 300.0),
+        (S.QUEUED, 300.5),
+        (S.RUNNING, 301.0),
+        (S.DELIVERING, 310.0),
+    )
+
+    times = stage_times(history, first_received=0.0, last_received=10.0)
+
+    assert (times.ready, times.running, times.delivering) == (300.0, 301.0, 310.0)
+    assert times.durations()["infer"] == 9.0

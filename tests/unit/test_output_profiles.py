@@ -168,17 +168,18 @@ def test_result_uids_and_series_numbers_are_deterministic_per_kind_and_variant(
         for f in first.files
     }
     assert numbers == {
-        kind: result_series_number(TWO_LUNGS.id, kind) for kind in ("seg", "sr", "sc", "pdf")
+        kind: result_series_number(volume.source_headers[0], TWO_LUNGS.id, kind)
+        for kind in ("seg", "sr", "sc", "pdf")
     }
     descriptions = {
         f.kind: pydicom.dcmread(f.path, stop_before_pixels=True).SeriesDescription
         for f in first.files
     }
     assert descriptions == {
-        "seg": "AI: Test Lungs 2.1",
-        "sr": "AI: Test Lungs 2.1 findings",
-        "sc": "AI: Test Lungs 2.1 overlay",
-        "pdf": "AI: Test Lungs 2.1 summary",
+        "seg": "AI test-lungs SEG of 3",
+        "sr": "AI test-lungs SR of 3",
+        "sc": "AI test-lungs overlay of 3",
+        "pdf": "AI test-lungs summary of 3",
     }
 
 

@@ -75,7 +75,7 @@ def test_each_image_shows_the_outlines_in_the_segment_colours_where_the_mask_is(
     assert [float(v) for v in reread.PixelSpacing] == pytest.approx([0.8 / scale, 0.6 / scale])
     source = reread.SourceImageSequence[0]
     assert source.ReferencedSOPInstanceUID == volume.source_headers[index].SOPInstanceUID
-    assert reread.SeriesDescription == "AI: Test Lungs 2.1 overlay"
+    assert reread.SeriesDescription == "AI test-lungs overlay of 3"
     assert any(e.Manufacturer == "pacs-ai" for e in reread.ContributingEquipmentSequence)
 
 
@@ -155,5 +155,5 @@ def test_the_pdf_is_encapsulated_in_the_studys_document_series(
     assert reread.PatientID == volume.source_headers[0].PatientID
     (source,) = reread.SourceInstanceSequence
     assert source.ReferencedSOPInstanceUID == volume.source_headers[2].SOPInstanceUID
-    assert reread.SeriesDescription == "AI: Test Lungs 2.1 summary"
+    assert reread.SeriesDescription == "AI test-lungs summary of 3"
     assert any(e.Manufacturer == "pacs-ai" for e in reread.ContributingEquipmentSequence)

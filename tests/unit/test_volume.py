@@ -308,11 +308,15 @@ def test_a_non_image_object_is_refused_by_name(tmp_path: Path) -> None:
         load_series([*paths, tmp_path / "report.dcm"])
 
 
-def test_a_multi_frame_image_is_refused(tmp_path: Path) -> None:
+def test_a_multi_frame_image_without_functional_groups_is_refused(tmp_path: Path) -> None:
     paths = series(tmp_path, [0.0, 1.0])
     ct_slice(tmp_path, 5, z=2.0, NumberOfFrames=2)
 
-    with pytest.raises(InvalidInputError, match=r"multi-frame .* not supported yet"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"slice005.dcm .*: a multi-frame image without the Multi-frame Functional "
+        r"Groups module \(PS3.3 C.7.6.16\)",
+    ):
         load_series([*paths, tmp_path / "slice005.dcm"])
 
 

@@ -23,7 +23,6 @@ from inference.writers import (
     headers_in_frame,
     ordered_labels,
     save_dataset,
-    series_description,
     tracking_uid,
 )
 from inference.writers.image_library import image_library
@@ -123,7 +122,7 @@ def test_seg_describes_each_label_as_the_manifest_says(volume: Volume, tmp_path:
         assert list(item.RecommendedDisplayCIELabValue) == list(expected_lab)
         assert item.TrackingUID == tracking_uid(SERIES, TWO_LUNGS, f"label-{label.value}")
         assert item.TrackingID == label.name
-    assert reread.SeriesDescription == "AI: Test Lungs 2.1"
+    assert reread.SeriesDescription == "AI test-lungs SEG of 3"
     assert reread.Manufacturer == "pacs-ai"
     assert reread.ManufacturerModelName == "Test Lungs"
     assert list(reread.SoftwareVersions)[1] == "test-lungs 2.1"
@@ -417,7 +416,7 @@ def test_sr_names_the_device_the_algorithm_and_the_backend(volume: Volume, tmp_p
     assert ("Algorithm Name", "Test Lungs") in texts
     assert ("Algorithm Version", "2.1") in texts
     assert ("Algorithm Parameters", "backend=tensorrt,precision=fp16") in texts
-    assert reread.SeriesDescription == series_description(TWO_LUNGS, "findings")
+    assert reread.SeriesDescription == "AI test-lungs SR of 3"
     # IHE AI Results: pacs-ai running the model is processing equipment of the result
     # (besides the scanner and highdicom, which highdicom names).
     (equipment,) = [e for e in reread.ContributingEquipmentSequence if e.Manufacturer == "pacs-ai"]
