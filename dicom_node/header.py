@@ -82,6 +82,10 @@ def read_identity(encoded_file: bytes | memoryview) -> InstanceIdentity:
         raise InvalidInputError(
             f"the dataset cannot be parsed: {type(exc).__name__}: {exc}", stage="receive"
         ) from exc
+    return _identity(raw)
+
+
+def _identity(raw: dict[BaseTag, str]) -> InstanceIdentity:
     return InstanceIdentity(
         sop_class_uid=check_uid(raw[_SOP_CLASS], "SOP Class UID (0008,0016)"),
         sop_instance_uid=check_uid(raw[_SOP_INSTANCE], "SOP Instance UID (0008,0018)"),
@@ -159,13 +163,7 @@ def read_file_identity(path: Path) -> InstanceIdentity:
     """
     dataset = read_stored_header(path)
     raw = {tag: _raw_text(dataset, tag) for tag in _WANTED}
-    return InstanceIdentity(
-        sop_class_uid=check_uid(raw[_SOP_CLASS], "SOP Class UID (0008,0016)"),
-        sop_instance_uid=check_uid(raw[_SOP_INSTANCE], "SOP Instance UID (0008,0018)"),
-        study_instance_uid=check_uid(raw[_STUDY], "Study Instance UID (0020,000D)"),
-        series_instance_uid=check_uid(raw[_SERIES], "Series Instance UID (0020,000E)"),
-        modality=raw[_MODALITY] or None,
-    )
+    return _identity(raw)
 
 
 def _data_set_offset(file: BinaryIO) -> int:

@@ -26,6 +26,7 @@ from dicom_node.header import read_file_identity
 from dicom_node.node import Node
 from dicom_node.scu import send_files
 from tests.conftest import DicomFactory
+from tests.support.hostile import peak_rss_mib
 from tests.support.node import data_set_bytes, spooled_files, start_node, unfinished_writes
 from tests.support.peers import LOCALHOST, free_port, storescu, wait_for
 from tests.support.proxy import RecordingProxy
@@ -34,13 +35,6 @@ pytestmark = pytest.mark.peers
 
 #: Wall-clock budget of the mutation fuzz (the issue allows 60 s in CI).
 FUZZ_SECONDS = float(os.environ.get("PACS_AI_FUZZ_SECONDS", "15"))
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def _pynetdicom_send(paths: list[Path], port: int) -> list[int]:
@@ -144,7 +138,7 @@ def test_mutated_associations_of_real_senders_never_break_the_node(
             assert answer.endswith(bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])), "A-RELEASE-RP"
 
         receivers = list(node.scp.pids)
-        before = {pid: _peak_rss_mib(pid) for pid in receivers}
+        before = {pid: peak_rss_mib(pid) for pid in receivers}
         rng = random.Random(11)
         deadline = time.monotonic() + FUZZ_SECONDS
         sent = 0
@@ -154,7 +148,7 @@ def test_mutated_associations_of_real_senders_never_break_the_node(
 
         assert sent > 50
         assert node.scp.pids == receivers, "a receiving process died"
-        grown = max(_peak_rss_mib(pid) - before[pid] for pid in receivers)
+        grown = max(peak_rss_mib(pid) - before[pid] for pid in receivers)
         assert grown < 64, f"a receiving process grew {grown:.0f} MiB"
         assert storescu(paths, LOCALHOST, node.port, "PACSAI").returncode == 0
         node.recorder.flush()

@@ -33,7 +33,7 @@ from dicom_node.ul.negotiation import (
 )
 from dicom_node.ul.pdu import COMMAND, PduReader, PduType, p_data_pdus
 from tests.conftest import DicomFactory
-from tests.support.hostile import deflate_bomb
+from tests.support.hostile import deflate_bomb, peak_rss_mib, process_tree
 from tests.support.node import (
     CT_IMAGE,
     RawAssociation,
@@ -179,32 +179,14 @@ def test_a_sop_instance_uid_reused_in_another_study_is_refused_and_quarantined(
         _still_serves(node, dicom_factory)
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (Linux /proc), such as the node's receiving processes."""
-    children = [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
-    return [pid, *(p for child in children for p in _process_tree(child))]
-
-
-def _peak_rss_mib(pid: int) -> float:
-    """The high-water mark of a process's resident memory (Linux VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
-
-
 def test_a_deflate_bomb_is_refused_and_quarantined_within_the_memory_bound(
     tmp_path: Path, dicom_factory: DicomFactory
 ) -> None:
     ds, deflated = deflate_bomb(512)
     limit = 64 * 1024 * 1024
     with start_node(tmp_path / "data", max_instance_bytes=limit, receiver_processes=1) as node:
-        tree = _process_tree(os.getpid())
-        before = {pid: _peak_rss_mib(pid) for pid in tree}
+        tree = process_tree(os.getpid())
+        before = {pid: peak_rss_mib(pid) for pid in tree}
         assoc = associate(node.port, [(CT_IMAGE, DeflatedExplicitVRLittleEndian)])
         try:
             response = assoc.store(
@@ -220,7 +202,7 @@ def test_a_deflate_bomb_is_refused_and_quarantined_within_the_memory_bound(
 
         assert response.status == Status.CANNOT_UNDERSTAND
         assert "inflates beyond node.max_instance_bytes" in response.error_comment
-        grown = max(_peak_rss_mib(pid) - before[pid] for pid in tree)
+        grown = max(peak_rss_mib(pid) - before[pid] for pid in tree)
         assert grown < 48, f"a process's peak memory grew {grown:.0f} MiB"
         node.recorder.flush()
         assert node.ledger.count_instances() == 0
@@ -241,8 +223,8 @@ def test_a_large_malformed_instance_is_quarantined_without_being_read_into_memor
     data = header + bytes(sent)
     sop_instance_uid = str(pydicom.dcmread(good_path).SOPInstanceUID)
     with start_node(tmp_path / "data", receiver_processes=1) as node:
-        receivers = _process_tree(os.getpid())[1:]
-        before = {pid: _peak_rss_mib(pid) for pid in receivers}
+        receivers = process_tree(os.getpid())[1:]
+        before = {pid: peak_rss_mib(pid) for pid in receivers}
         assoc = associate(node.port, [(CT_IMAGE, ExplicitVRLittleEndian)])
         try:
             response = assoc.store(
@@ -258,7 +240,7 @@ def test_a_large_malformed_instance_is_quarantined_without_being_read_into_memor
 
         assert response.status == Status.CANNOT_UNDERSTAND
         assert "ends inside element (7FE0,0010)" in response.error_comment
-        grown = max(_peak_rss_mib(pid) - before[pid] for pid in receivers)
+        grown = max(peak_rss_mib(pid) - before[pid] for pid in receivers)
         assert grown < 48, f"a receiving process's peak memory grew {grown:.0f} MiB"
         (folder,) = node.settings.quarantine_dir.iterdir()
         assert (folder / "instance.dcm").stat().st_size > sent

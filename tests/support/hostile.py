@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -41,3 +42,24 @@ def deflate_bomb(inflated_mib: int) -> tuple[Dataset, bytes]:
     parts.extend(compressor.compress(_ZEROS) for _ in range(inflated_mib))
     parts.append(compressor.flush())
     return ds, b"".join(parts)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux /proc), such as a node's receiving processes."""
+    try:
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return []
+    return [pid, *(p for child in children for p in process_tree(child))]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The high-water mark of a process's resident memory (Linux VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
