@@ -161,3 +161,21 @@ def entropy_bits(classes: Sequence[ClassResult]) -> float:
 
 def _binary_entropy(p: float) -> float:
     return -sum(q * math.log2(q) for q in (p, 1.0 - p) if q > 0)
+
+
+def combined(verdicts: Sequence[tuple[str, Plausibility]]) -> Plausibility:
+    """The verdict on a job with several results, from ``(input name, verdict)`` pairs.
+
+    A job whose model ran on several films of a series is implausible when any film's
+    result is: each problem is prefixed with its input's name (``radiograph <SOP Instance
+    UID>``, never patient data; an empty name adds none). What was measured is the first
+    input's (the verdict on each is kept alongside, see :mod:`workers.execute`).
+    """
+    if not verdicts:
+        return Plausibility()
+    problems = tuple(
+        f"{name}: {problem}" if name else problem
+        for name, verdict in verdicts
+        for problem in verdict.problems
+    )
+    return Plausibility(problems, verdicts[0][1].measured)

@@ -27,18 +27,19 @@ Orientation (Patient), often no Pixel Spacing, and is often MONOCHROME1 or compr
 Which objects are projections (:func:`is_projection`): single-frame images of the CR, DX,
 MG and intra-oral SOP classes, and single-frame images of another class (Secondary
 Capture) whose Modality is CR, DX or MG and that lack the Image Plane module. The worker
-(:func:`inference.results.load_and_predict`, :mod:`workers.prefetch`) asks
+(:func:`inference.results.predict_each`, :mod:`workers.prefetch`) asks
 :func:`series_is_projection` of a job's series (one header read) and loads it here or
 through :func:`inference.volume.load_series`.
 
-Several projection images in one series (a PA and a lateral): jobs and their results are
-per series, and a model takes one image. :func:`load_projection_for` picks the one image
-the model's ``accepts`` allows, from each image's headers as the node decides acceptance
-(:mod:`models.acceptance`): a frontal-film classifier that accepts ViewPosition PA / AP
-runs on the PA and the note on the result says which images were left out and why. If
-none, or more than one, is acceptable, the job is refused naming each image (send each
-view as its own series, the usual DX/CR practice, for one result per image). A model that
-takes two views at once is not supported yet.
+Several projection images in one series (a PA and a lateral, a repeat): a job is per
+(series, model) and a model takes one image, so the job runs the model on **each** image
+the model's ``accepts`` allows (:func:`choose_projections`, from each image's headers as
+the node decides acceptance, :mod:`models.acceptance`), in Instance Number order, and
+writes one set of results per image (:mod:`inference.results`). A frontal-film classifier
+that accepts ViewPosition PA / AP runs on the PA of a PA + lateral series, and a note
+says which images were left out and why; a classifier that accepts any view runs on
+both. If no image is acceptable, the job is refused naming each image. A model that
+takes two views at once is not supported.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -75,7 +76,7 @@ from inference.volume import (
     _quiet_pydicom_logger,
     _read_header,
 )
-from models.acceptance import facts_from_files, refusals
+from models.acceptance import SeriesFacts, facts_from_files, refusals
 from models.manifest import AcceptsSpec
 
 logger = logging.getLogger(__name__)
@@ -161,24 +162,43 @@ def _describe(index: int, header: Dataset | None, path: Path) -> str:
     return f"image {index} (SOP instance {header.get('SOPInstanceUID', '?')}, {view})"
 
 
-def choose_projection(paths: Sequence[Path], accepts: AcceptsSpec) -> tuple[Path, tuple[str, ...]]:
-    """The one image of a projection series that a model with ``accepts`` takes, and a
-    note on each image left out (see the module).
+def _order(path: Path, header: Dataset | None) -> tuple[int, int, str, str]:
+    """Instance Number order (images without one, or unreadable, last), then SOP Instance
+    UID: the same order whichever order the images arrived in."""
+    if header is None:
+        return (2, 0, "", path.name)
+    try:
+        number = int(header.get("InstanceNumber"))
+    except (TypeError, ValueError):  # absent, empty, not one integer
+        return (1, 0, str(header.get("SOPInstanceUID", "")), path.name)
+    return (0, number, str(header.get("SOPInstanceUID", "")), path.name)
+
+
+def choose_projections(
+    paths: Sequence[Path], accepts: AcceptsSpec
+) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Every image of a projection series that a model with ``accepts`` takes, in
+    Instance Number order, and a note on each image left out (see the module).
 
     Raises:
-        InvalidInputError: (``stage="model"``) no image, or several, are acceptable; the
-            message names each image and why.
+        InvalidInputError: (``stage="model"``) no image is acceptable; the message names
+            each image and why.
     """
     if len(paths) == 1:
-        return Path(paths[0]), ()
-    taken: list[tuple[Path, str]] = []
-    left: list[str] = []
-    for index, path in enumerate(map(Path, paths), start=1):
+        return (Path(paths[0]),), ()
+    read: list[tuple[Path, SeriesFacts | None]] = []
+    for path in map(Path, paths):
         try:
             with warnings.catch_warnings(), _quiet_pydicom_logger():
                 warnings.simplefilter("ignore")  # the loader reports what is wrong
-                facts = facts_from_files([path])
+                read.append((path, facts_from_files([path])))
         except (InvalidDicomError, OSError, EOFError, ValueError):
+            read.append((path, None))
+    read.sort(key=lambda item: _order(item[0], item[1].header if item[1] else None))
+    taken: list[tuple[Path, str]] = []
+    left: list[str] = []
+    for index, (path, facts) in enumerate(read, start=1):
+        if facts is None:
             left.append(f"image {index} ({path.name}): cannot be read")
             continue
         what = _describe(index, facts.header, path)
@@ -187,37 +207,16 @@ def choose_projection(paths: Sequence[Path], accepts: AcceptsSpec) -> tuple[Path
             left.append(f"{what}: " + "; ".join(reasons))
         else:
             taken.append((path, what))
-    if len(taken) == 1:
-        path, what = taken[0]
-        return path, tuple(
-            f"{len(paths)} radiographs in the series; ran on {what}; left out {item}"
-            for item in left
-        )
     if not taken:
         raise InvalidInputError(
             f"none of the {len(paths)} radiographs of the series is one the model accepts:\n"
             + "\n".join(f"  - {item}" for item in left),
             stage="model",
         )
-    raise InvalidInputError(
-        f"the series holds {len(taken)} radiographs the model accepts "
-        f"({', '.join(what for _, what in taken)}); a model runs on one radiograph per job "
-        "(results are made per series): have the modality or a router send each view as "
-        "its own series, or narrow the model's accepts (ViewPosition, ImageLaterality)",
-        stage="model",
+    ran = ", ".join(what for _, what in taken)
+    return tuple(path for path, _ in taken), tuple(
+        f"{len(paths)} radiographs in the series; ran on {ran}; left out {item}" for item in left
     )
-
-
-def load_projection_for(paths: Sequence[Path], accepts: AcceptsSpec) -> Volume:
-    """:func:`load_projection` of the image :func:`choose_projection` picks, its notes
-    saying which images were left out.
-
-    Raises:
-        InvalidInputError: no single acceptable image, or it cannot be read.
-    """
-    path, notes = choose_projection(paths, accepts)
-    volume = load_projection([path])
-    return replace(volume, notes=(*notes, *volume.notes)) if notes else volume
 
 
 def _stored_range(header: Dataset) -> tuple[int, int]:
@@ -372,7 +371,7 @@ def load_projection(paths: Sequence[Path]) -> Volume:
     if len(paths) != 1:
         raise InvalidInputError(
             f"the series holds {len(paths)} projection radiographs; load_projection reads "
-            "one (load_projection_for picks the one a model accepts)",
+            "one (choose_projections picks those a model accepts)",
             stage=STAGE,
         )
     path = Path(paths[0])

@@ -1,20 +1,26 @@
 """From a series on disk to written result files: the worker's inference step.
 
-``load_and_predict`` reads the series and runs the model; ``write_results`` writes every
-result object that the output profiles of a job's destinations ask for (see
-:mod:`core.output_profiles`): SEG (BINARY or LABELMAP, empty frames as configured,
-compressed where the destination accepts it), the TID 1500 SR referencing that SEG,
-Secondary Capture images with the outlines burned in, an Encapsulated PDF summary. An
-object several destinations need is written once. UIDs are derived from (source series,
+``predict_each`` reads the series and runs the model on each of its inputs (the volume,
+or each film of a projection radiograph series the model accepts; ``load_and_predict``
+when there is one); ``write_results`` writes every result object that the output
+profiles of a job's destinations ask for (see :mod:`core.output_profiles`): SEG
+(BINARY or LABELMAP, empty frames as configured, compressed where the destination
+accepts it), the TID 1500 SR referencing that SEG, Secondary Capture images with the
+outlines burned in, an Encapsulated PDF summary. An object several destinations need is
+written once. UIDs are derived from (source series,
 model id, model version, object kind and variant), so that a re-run writes the very same
 objects again and the PACS replaces rather than duplicates them.
+
+The films of a projection series each get their own results (:class:`ResultPlace`): one
+result series per kind for the whole job, one object per film in it, numbered 1..N, each
+referencing its own film, their SOP Instance UIDs derived also from the film's.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import highdicom as hd
@@ -30,7 +36,7 @@ from pydicom.uid import (
 from core.output_profiles import DEFAULT_PROFILE, Compression, EmptyFrames, OutputProfile
 from inference.pipeline import ModelRunner, Prediction
 from inference.plausibility import Plausibility
-from inference.projection import load_projection_for, series_is_projection
+from inference.projection import choose_projections, load_projection, series_is_projection
 from inference.uids import result_uids
 from inference.volume import Volume, load_series
 from inference.writers import result_series_number, save_dataset, series_description
@@ -117,6 +123,90 @@ def _seg_variant(encoding: SegmentationType, empty_frames: EmptyFrames) -> str:
     return f"{encoding}-{empty_frames}"
 
 
+@dataclass(frozen=True)
+class Run:
+    """The model's prediction on one input of a job: the series' volume, or one film."""
+
+    volume: Volume
+    prediction: Prediction
+    #: Seconds per stage, ``decode`` (reading) first.
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ResultPlace:
+    """Where the results of one film go among those of its job (a projection series
+    whose films the model runs on one by one).
+
+    The results of every film of a job share one result series per kind (SEG, SR, ...):
+    its Series Number and Description come from ``series_source`` (the job's first film;
+    default: the film itself), each object's Instance Number is ``instance_number`` (the
+    film's place among the job's films, 1..N), and ``flagged`` (some film's result of the
+    job is delivered flagged) starts every object's Series Description with ``CHECK``,
+    since a series has one description. The default place is that of a job's only input.
+    """
+
+    instance_number: int = 1
+    series_source: Dataset | None = None
+    flagged: bool = False
+
+
+def _predict(
+    runner: ModelRunner,
+    volume: Volume,
+    *,
+    started: float,
+    before_predict: Callable[[], object] | None,
+) -> Run:
+    decode = time.perf_counter() - started
+    if before_predict is not None:
+        before_predict()
+    prediction = runner.predict(volume)
+    return Run(volume, prediction, {"decode": decode, **prediction.timings})
+
+
+def predict_each(
+    runner: ModelRunner,
+    paths: Sequence[Path],
+    *,
+    volume: Volume | None = None,
+    before_predict: Callable[[], object] | None = None,
+) -> tuple[tuple[Run, ...], tuple[str, ...]]:
+    """Read the series (unless ``volume`` was read ahead) and run the model on each input.
+
+    A volume series is one input. A projection radiograph series has one input per film
+    the model accepts (:func:`~inference.projection.choose_projections`, in Instance
+    Number order), each read by :func:`~inference.projection.load_projection` and run in
+    turn. Returns the runs and notes on the series (the films left out and why).
+
+    ``before_predict`` runs once, between reading and the first inference (the worker
+    starts reading the next series there). The timings include ``decode`` (0 for a
+    volume read ahead).
+
+    Raises:
+        InvalidInputError: the series is not a usable volume, no film of it is one the
+            model accepts, or the model refuses an input.
+    """
+    started = time.perf_counter()
+    if volume is None and series_is_projection(paths):
+        films, notes = choose_projections(paths, runner.manifest.accepts)
+        runs: list[Run] = []
+        for film in films:
+            runs.append(
+                _predict(
+                    runner,
+                    load_projection([film]),
+                    started=started,
+                    before_predict=None if runs else before_predict,
+                )
+            )
+            started = time.perf_counter()
+        return tuple(runs), notes
+    if volume is None:
+        volume = load_series(paths, max_missing=runner.manifest.max_missing_slices)
+    return (_predict(runner, volume, started=started, before_predict=before_predict),), ()
+
+
 def load_and_predict(
     runner: ModelRunner,
     paths: Sequence[Path],
@@ -124,28 +214,23 @@ def load_and_predict(
     volume: Volume | None = None,
     before_predict: Callable[[], object] | None = None,
 ) -> tuple[Volume, Prediction, dict[str, float]]:
-    """Read the series (unless ``volume`` was read ahead) and run the model.
-
-    A projection radiograph series is read by :mod:`inference.projection` (the one film
-    the model accepts, see :func:`~inference.projection.load_projection_for`), any other
-    series as a volume.
-
-    ``before_predict`` runs between reading and inference (the worker starts reading the
-    next series there). The timings include ``decode`` (0 for a volume read ahead).
+    """:func:`predict_each` of a series with one input: the volume, or the one film of a
+    projection series that the model accepts (the notes on the films left out added to
+    the volume's notes).
 
     Raises:
-        InvalidInputError: the series is not a usable volume, or the model refuses it.
+        InvalidInputError: as :func:`predict_each`.
+        ValueError: the model accepts several films of the series (use
+            :func:`predict_each`, which runs it on each).
     """
-    started = time.perf_counter()
-    if volume is None and series_is_projection(paths):
-        volume = load_projection_for(paths, runner.manifest.accepts)
-    if volume is None:
-        volume = load_series(paths, max_missing=runner.manifest.max_missing_slices)
-    decode = time.perf_counter() - started
-    if before_predict is not None:
-        before_predict()
-    prediction = runner.predict(volume)
-    return volume, prediction, {"decode": decode, **prediction.timings}
+    runs, notes = predict_each(runner, paths, volume=volume, before_predict=before_predict)
+    if len(runs) != 1:
+        raise ValueError(
+            f"the model accepts {len(runs)} radiographs of the series; predict_each runs it on each"
+        )
+    (run,) = runs
+    loaded = replace(run.volume, notes=(*notes, *run.volume.notes)) if notes else run.volume
+    return loaded, run.prediction, run.timings
 
 
 def write_results(
@@ -156,6 +241,7 @@ def write_results(
     out_dir: Path,
     profiles: Mapping[str, OutputProfile] | None = None,
     flagged: Plausibility | None = None,
+    place: ResultPlace | None = None,
 ) -> WrittenResults:
     """Write what ``profiles`` (name -> profile; default: one default profile) ask for.
 
@@ -163,7 +249,8 @@ def write_results(
     has no SEG and no Secondary Capture. ``flagged``: the verdict on a result outside its
     model's expectations that is delivered anyway (a route's ``on_implausible:
     deliver_flagged``): every object's Series Description starts with ``CHECK`` and the
-    SR says what was out of range (:mod:`inference.plausibility`).
+    SR says what was out of range (:mod:`inference.plausibility`). ``place``: where the
+    results of one of several films of a job go (:class:`ResultPlace`).
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
@@ -171,7 +258,12 @@ def write_results(
     """
     chosen = dict(profiles) if profiles else {"": DEFAULT_PROFILE}
     writer = _Writer(
-        volume, prediction, manifest, out_dir, flagged=flagged.problems if flagged else ()
+        volume,
+        prediction,
+        manifest,
+        out_dir,
+        flagged=flagged.problems if flagged else (),
+        place=place or ResultPlace(),
     )
     deliveries = {name: writer.write(profile) for name, profile in chosen.items()}
     delivered = [f for files in deliveries.values() for f in files]
@@ -198,9 +290,17 @@ class _Writer:
         out_dir: Path,
         *,
         flagged: tuple[str, ...] = (),
+        place: ResultPlace,
     ) -> None:
         #: What was out of range in a result delivered flagged (empty: a normal result).
         self.flagged = flagged
+        self.place = place
+        #: The header naming the result series (Series Number and Description).
+        self.series_source = place.series_source or volume.source_headers[0]
+        #: A film's results are its own: its SOP Instance UID enters theirs.
+        self.source_instance = (
+            str(volume.source_headers[0].SOPInstanceUID) if volume.projection is not None else ""
+        )
         self.volume = volume
         self.prediction = prediction
         self.manifest = manifest
@@ -227,13 +327,14 @@ class _Writer:
 
     def series_number(self, kind: str) -> int:
         """Series Number of this job's results of ``kind`` (seg, sr, sc, pdf)."""
-        return result_series_number(self.volume.source_headers[0], self.manifest.id, kind)
+        return result_series_number(self.series_source, self.manifest.id, kind)
 
     def description(self, kind: str) -> str:
         """Series Description of this job's results of ``kind``: every writer gets it
         from here (see :func:`inference.writers.series_description`)."""
-        text = series_description(self.manifest, kind, self.volume.source_headers[0])
-        return f"{CHECK_PREFIX} {text}"[:_LO_MAX] if self.flagged else text
+        text = series_description(self.manifest, kind, self.series_source)
+        flagged = self.flagged or self.place.flagged
+        return f"{CHECK_PREFIX} {text}"[:_LO_MAX] if flagged else text
 
     def uids(self, kind: str, variant: str = "", index: int | None = None) -> tuple[str, str]:
         uids = result_uids(
@@ -243,6 +344,7 @@ class _Writer:
             kind,
             variant=variant,
             index=index,
+            source_instance=self.source_instance,
         )
         return str(uids.series_instance_uid), str(uids.sop_instance_uid)
 
@@ -330,6 +432,7 @@ class _Writer:
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
             series_number=self.series_number("seg"),
+            instance_number=self.place.instance_number,
             description=self.description("seg"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
@@ -350,6 +453,7 @@ class _Writer:
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
             series_number=self.series_number("sr"),
+            instance_number=self.place.instance_number,
             description=self.description("sr"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
@@ -366,6 +470,7 @@ class _Writer:
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
             series_number=self.series_number("sr"),
+            instance_number=self.place.instance_number,
             description=self.description("sr"),
             backend=self.prediction.backend,
             precision=self.prediction.precision,
@@ -388,6 +493,7 @@ class _Writer:
             self.manifest,
             series_instance_uid=series_uid,
             series_number=self.series_number("sc"),
+            first_instance_number=self.place.instance_number,
             description=self.description("sc"),
             sop_instance_uid=lambda index: self.uids("sc", index=index)[1],
             max_images=profile.sc_max_images,
@@ -438,6 +544,7 @@ class _Writer:
             sop_instance_uid=instance_uid,
             series_instance_uid=series_uid,
             series_number=self.series_number("pdf"),
+            instance_number=self.place.instance_number,
             description=self.description("pdf"),
             referenced_slices=referenced,
         )

@@ -68,6 +68,7 @@ def result_uids(
     *,
     variant: str = "",
     index: int | None = None,
+    source_instance: str = "",
 ) -> ResultUids:
     """Return the deterministic Series/SOP Instance UIDs of a result object.
 
@@ -78,7 +79,10 @@ def result_uids(
     (``""``) keeps the UIDs earlier versions derived. ``index`` numbers the instances of
     a series with several (Secondary Capture images); the series UID does not depend
     on it. A transfer syntax is not a variant: the same object compressed or not is the
-    same SOP instance (PS3.5 10).
+    same SOP instance (PS3.5 10). ``source_instance`` is the SOP Instance UID of the source
+    image an object is the result of, where each image of a series gets results of its own
+    (the films of a projection radiograph series): like ``index`` it enters the SOP
+    Instance UID only, so that the results of every film of a job share their series.
 
     Raises:
         ValueError: ``kind`` is not one of :data:`RESULT_KINDS`, a part is empty, or
@@ -96,7 +100,11 @@ def result_uids(
     if index is not None and index < 0:
         raise ValueError(f"index must be 0 or more, got {index}")
     base = (source_series_uid, model_id, model_version, kind) + ((variant,) if variant else ())
-    instance = base + ((f"#{index}",) if index is not None else ())
+    instance = (
+        base
+        + ((f"image:{source_instance}",) if source_instance else ())
+        + ((f"#{index}",) if index is not None else ())
+    )
     return ResultUids(
         series_instance_uid=derive_uid("series", *base),
         sop_instance_uid=derive_uid("instance", *instance),

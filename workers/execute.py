@@ -19,6 +19,13 @@ operator releases them (route ``on_implausible: hold``, the default), or deliver
 flagged (``deliver_flagged``: Series Descriptions ``CHECK ...``, the SR saying what was out
 of range, the job DONE with that reason).
 
+A projection radiograph series with several films the model accepts (a PA and a lateral,
+a repeat) is still one job: the model runs on each film, each film gets its own results
+(one result series per kind for the job, an object per film numbered 1..N, see
+:class:`inference.results.ResultPlace`), and all go to the outbox together. The job is
+held if any film's result is implausible, the reason naming the film by its SOP Instance
+UID.
+
 Idempotent under ``acks_late``: a message for a job that got as far as DELIVERING is
 ignored, and result UIDs are derived from the job's inputs, so a re-run replaces.
 """
@@ -29,7 +36,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError, TransientError
 from core.jobs import JobRecord, JobState
@@ -41,6 +48,13 @@ from core.quarantine import QuarantineEntry
 from workers.delivery import result_items
 from workers.runtime import WorkerRuntime
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from inference.plausibility import Plausibility
+    from inference.results import Run, WrittenResults
+    from inference.volume import Volume
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,6 +64,64 @@ class Outcome:
 
     state: JobState | None
     retry_in: float | None = None
+
+
+def _input_name(volume: Volume) -> str:
+    """How notes and reasons name one of several inputs of a job: ``radiograph <SOP
+    Instance UID>`` for a film (never patient data), nothing for a volume."""
+    if volume.projection is None:
+        return ""
+    return f"radiograph {volume.source_headers[0].SOPInstanceUID}"
+
+
+def _result_record(
+    runs: Sequence[Run],
+    written: Sequence[WrittenResults],
+    verdicts: Sequence[Plausibility],
+    *,
+    instances: int,
+    version: str,
+) -> dict[str, Any]:
+    """The job's ``result`` in the ledger (JSON): what the dashboard, the delivery service
+    and the CLI read. Of several films, ``seg_sop_instance_uid``, ``sr_sop_instance_uid``
+    and ``measurements_ml`` are the first film's; ``images`` has each film's."""
+    first = written[0]
+    prediction = runs[0].prediction
+    result: dict[str, Any] = {
+        "instances": instances,
+        "model_version": version,
+        "backend": prediction.backend,
+        "precision": prediction.precision,
+        "device": prediction.device,
+        "files": [str(file.path) for results in written for file in results.files],
+        # What each destination gets: kind, SOP Instance UID and SOP Class UID, path.
+        "deliveries": {
+            name: [
+                [f.kind, f.sop_instance_uid, f.sop_class_uid, str(f.path)]
+                for results in written
+                for f in results.deliveries[name]
+            ]
+            for name in first.deliveries
+        },
+        "seg_sop_instance_uid": first.seg_sop_instance_uid,
+        "sr_sop_instance_uid": first.sr_sop_instance_uid,
+        "measurements_ml": first.measurements_ml,
+    }
+    if runs[0].volume.projection is not None:
+        result["images"] = [
+            {
+                "sop_instance_uid": str(run.volume.source_headers[0].SOPInstanceUID),
+                "instance_number": number,
+                "seg_sop_instance_uid": results.seg_sop_instance_uid,
+                "sr_sop_instance_uid": results.sr_sop_instance_uid,
+                "probabilities": results.probabilities,
+                "plausibility": own.as_dict(),
+            }
+            for number, (run, results, own) in enumerate(
+                zip(runs, written, verdicts, strict=True), start=1
+            )
+        ]
+    return result
 
 
 class JobExecutor:
@@ -93,8 +165,8 @@ class JobExecutor:
             return Outcome(state=ledger.get_job(job.job_id).state)
 
     def _process(self, job: JobRecord) -> None:
-        from inference.plausibility import check_plausibility  # noqa: PLC0415
-        from inference.results import load_and_predict, write_results  # noqa: PLC0415
+        from inference.plausibility import check_plausibility, combined  # noqa: PLC0415
+        from inference.results import ResultPlace, predict_each, write_results  # noqa: PLC0415
 
         ledger = self.runtime.ledger
         settings = self.runtime.settings
@@ -104,7 +176,8 @@ class JobExecutor:
         paths = [Path(instance.path) for instance in instances]
         prefetcher = self.runtime.prefetcher
         ahead = prefetcher.take(job.job_id, paths) if prefetcher is not None else None
-        volume, prediction, timings = load_and_predict(
+        # One run for a volume; one per film the model accepts for a projection series.
+        runs, series_notes = predict_each(
             runner,
             paths,
             volume=ahead[0] if ahead else None,
@@ -114,45 +187,54 @@ class JobExecutor:
             ledger.note(
                 job.job_id, f"series read ahead while the previous job ran ({ahead[1]:.2f} s)"
             )
+        timings: dict[str, float] = {}
+        for run in runs:
+            for stage, seconds in run.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        several = len(runs) > 1
+        names = [_input_name(run.volume) for run in runs]
         started = time.perf_counter()
-        verdict = check_plausibility(volume, prediction, manifest)
+        verdicts = [check_plausibility(run.volume, run.prediction, manifest) for run in runs]
+        verdict = combined(list(zip(names, verdicts, strict=True)))
         timings["check"] = time.perf_counter() - started
         action = self._on_implausible(job)
-        flagged = verdict if not verdict.ok and action == "deliver_flagged" else None
+        deliver_flagged = not verdict.ok and action == "deliver_flagged"
         started = time.perf_counter()
-        written = write_results(
-            volume,
-            prediction,
-            manifest,
-            out_dir=settings.results_dir / job.job_id,
-            profiles=self._profiles(job),
-            flagged=flagged,
-        )
-        timings["write"] = time.perf_counter() - started
-        for note in volume.notes:
-            ledger.note(job.job_id, note)
-        for fallback in prediction.fallbacks:
-            ledger.note(
-                job.job_id,
-                f"backend {fallback.backend}/{fallback.precision} skipped: {fallback.reason}",
+        out_dir = settings.results_dir / job.job_id
+        # The results of every film share one result series per kind, numbered 1..N.
+        written = [
+            write_results(
+                run.volume,
+                run.prediction,
+                manifest,
+                out_dir=out_dir / f"image-{number}" if several else out_dir,
+                profiles=self._profiles(job),
+                flagged=own if deliver_flagged and not own.ok else None,
+                place=ResultPlace(
+                    instance_number=number,
+                    series_source=runs[0].volume.source_headers[0],
+                    flagged=deliver_flagged,
+                ),
             )
-        result = {
-            "instances": len(instances),
-            "model_version": manifest.version,
-            "backend": prediction.backend,
-            "precision": prediction.precision,
-            "device": prediction.device,
-            "files": [str(file.path) for file in written.files],
-            # What each destination gets: kind, SOP Instance UID and SOP Class UID, path.
-            "deliveries": {
-                name: [[f.kind, f.sop_instance_uid, f.sop_class_uid, str(f.path)] for f in files]
-                for name, files in written.deliveries.items()
-            },
-            "seg_sop_instance_uid": written.seg_sop_instance_uid,
-            "sr_sop_instance_uid": written.sr_sop_instance_uid,
-            "measurements_ml": written.measurements_ml,
-            "plausibility": {**verdict.as_dict(), "on_implausible": action},
+            for number, (run, own) in enumerate(zip(runs, verdicts, strict=True), start=1)
+        ]
+        timings["write"] = time.perf_counter() - started
+        for note in series_notes:
+            ledger.note(job.job_id, note)
+        for name, run in zip(names, runs, strict=True):
+            for note in run.volume.notes:
+                ledger.note(job.job_id, f"{name}: {note}" if several else note)
+        fallbacks = {
+            f"backend {fallback.backend}/{fallback.precision} skipped: {fallback.reason}": None
+            for run in runs
+            for fallback in run.prediction.fallbacks
         }
+        for note in fallbacks:
+            ledger.note(job.job_id, note)
+        result = _result_record(
+            runs, written, verdicts, instances=len(instances), version=manifest.version
+        )
+        result["plausibility"] = {**verdict.as_dict(), "on_implausible": action}
         logger.info(
             "model %s ran in %s",
             job.model_id,
@@ -160,7 +242,7 @@ class JobExecutor:
         )
         if verdict.ok:
             self._hand_over(job, result, timings)
-        elif flagged is None:
+        elif not deliver_flagged:
             reason = f"held for review: {verdict.reason}"
             ledger.transition(
                 job.job_id,

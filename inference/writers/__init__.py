@@ -394,6 +394,16 @@ def tracking_identifier(label: LabelSpec) -> str:
     return (label.tracking_id or label.name)[:_LO_MAX]
 
 
+def tracked_source_uid(volume: Volume) -> str:
+    """The UID a result's findings are tracked under (:func:`tracking_uid`): the source
+    series, or for a projection radiograph its film's SOP Instance UID, so that the
+    findings on each film of a series (whose results share a series) are findings of
+    their own."""
+    if volume.projection is not None:
+        return str(volume.source_headers[0].SOPInstanceUID)
+    return volume.series_instance_uid
+
+
 def tracking_uid(source_series_uid: str, manifest: ModelManifest, key: str) -> UID:
     """Deterministic Tracking Unique Identifier (TID 4108) of a finding, SEG and SR alike.
 

@@ -202,15 +202,18 @@ def build_sc_images(
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     skip: Callable[[int], bool] = lambda index: False,
     description: str | None = None,
+    first_instance_number: int = 1,
 ) -> list[tuple[int, hd.sc.SCImage]]:
     """Secondary Capture images of the slices with findings (see the module).
 
     Returns ``(slice index, image)`` pairs in slice order, leaving out the slices for
     which ``skip(index)`` is true (written already). ``sop_instance_uid(k)`` gives the
-    SOP Instance UID of the image of slice ``k``, and its Instance Number is ``k + 1``,
-    so that an image is the same whichever other slices a destination gets and a re-run
-    replaces rather than adds images. ``description`` (the Series Description) defaults
-    to :func:`~inference.writers.series_description`'s. Implements PS3.3 A.8.1
+    SOP Instance UID of the image of slice ``k``, and its Instance Number is ``k +
+    first_instance_number``, so that an image is the same whichever other slices a
+    destination gets and a re-run replaces rather than adds images (the overlay of the
+    n-th film of a job whose films share a result series: ``first_instance_number=n``).
+    ``description`` (the Series Description) defaults to
+    :func:`~inference.writers.series_description`'s. Implements PS3.3 A.8.1
     (Secondary Capture Image IOD) with the SC Equipment (C.8.6.1) and SC Image (C.8.6.2)
     modules.
 
@@ -259,7 +262,7 @@ def build_sc_images(
                     series_instance_uid=series_instance_uid,
                     series_number=series_number,
                     sop_instance_uid=sop_instance_uid(index),
-                    instance_number=index + 1,
+                    instance_number=index + first_instance_number,
                     manufacturer=MANUFACTURER,
                     # (row, column) spacing in mm; highdicom annotates it as ints.
                     pixel_spacing=(

@@ -74,6 +74,7 @@ from inference.writers import (
     series_description,
     software_versions,
     strict_writing,
+    tracked_source_uid,
     tracking_identifier,
     tracking_uid,
 )
@@ -118,7 +119,7 @@ def _segment_descriptions(
                 algorithm_identification=algorithm,
                 tracking_id=tracking_identifier(label),
                 tracking_uid=tracking_uid(
-                    volume.series_instance_uid, manifest, f"label-{label.value}"
+                    tracked_source_uid(volume), manifest, f"label-{label.value}"
                 ),
                 display_color=hd.color.CIELabColor.from_rgb(*label.color),
             )

@@ -76,6 +76,7 @@ from inference.writers import (
     series_description,
     software_versions,
     strict_writing,
+    tracked_source_uid,
     tracking_identifier,
     tracking_uid,
     writable_source,
@@ -161,7 +162,7 @@ def _tracking(
     volume: Volume, manifest: ModelManifest, finding: SegmentFinding
 ) -> hd.sr.TrackingIdentifier:
     return hd.sr.TrackingIdentifier(
-        uid=tracking_uid(volume.series_instance_uid, manifest, f"label-{finding.label.value}"),
+        uid=tracking_uid(tracked_source_uid(volume), manifest, f"label-{finding.label.value}"),
         identifier=tracking_identifier(finding.label),
     )
 
@@ -484,7 +485,7 @@ def _class_group(
     finding = code_from_spec(result.spec.code)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(volume.series_instance_uid, manifest, f"class-{result.spec.index}"),
+            uid=tracking_uid(tracked_source_uid(volume), manifest, f"class-{result.spec.index}"),
             identifier=result.spec.name[:64],
         ),
         finding_type=finding,

@@ -16,6 +16,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -25,11 +26,11 @@ import yaml
 from pydicom import dcmread
 from pydicom.uid import ComputedRadiographyImageStorage, JPEG2000Lossless, generate_uid
 
-from core.errors import InvalidInputError
-from core.jobs import JobState
+from core.jobs import JobRecord, JobState
 from core.messages import RunJobMessage
 from core.output_profiles import OutputProfile
 from core.settings import validate_settings
+from dicom_node.node import Node
 from inference import codes
 from inference.pipeline import ModelRunner
 from inference.preprocess import prepare
@@ -42,7 +43,7 @@ from tests.conftest import REPO_ROOT, require
 from tests.support import radiographs
 from tests.support.dicom_checks import walk
 from tests.support.models import export_onnx, manifest, script, write_package
-from tests.support.peers import Orthanc, dciodvfy
+from tests.support.peers import Orthanc, RedisServer, dciodvfy, free_port, storescu, wait_for
 from tests.support.resnet import fixed_logits_resnet18
 from tests.support.spooling import spool
 from workers.delivery import DeliveryService
@@ -265,8 +266,10 @@ def test_spacing_zero_is_said_in_the_notes_and_imager_spacing_is_corrected_for_m
 
 
 def _series(xray_dir: Path, folder: Path, views: dict[str, str]) -> list[Path]:
-    """The films named in ``views`` as the instances of one series, with those views."""
+    """The films named in ``views`` as the instances of one series (of the first film's
+    patient), with those views."""
     study, series = generate_uid(), generate_uid()
+    patient = dcmread(xray_dir / next(iter(views)), stop_before_pixels=True)
     return [
         radiographs.in_series(
             xray_dir / name,
@@ -275,46 +278,264 @@ def _series(xray_dir: Path, folder: Path, views: dict[str, str]) -> list[Path]:
             series_uid=series,
             instance_number=number,
             view_position=view,
+            patient=patient,
         )
         for number, (name, view) in enumerate(views.items(), start=1)
     ]
 
 
+def _worker(
+    tmp_path: Path,
+    package: ModelPackage,
+    *,
+    destinations: dict[str, Any] | None = None,
+    on_implausible: str = "hold",
+) -> WorkerRuntime:
+    """A worker serving ``package`` (alone in its folder), its route ``chest-xray``."""
+    return WorkerRuntime(
+        validate_settings(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "model_dirs": [str(package.folder.parent)],
+                "destinations": destinations or {},
+                "routes": [
+                    {
+                        "name": "chest-xray",
+                        "match": {"Modality": ["CR", "DX"]},
+                        "models": [package.manifest.id],
+                        "send_results_to": list(destinations or {}),
+                        "on_implausible": on_implausible,
+                    }
+                ],
+                "worker": {"device": "cpu", "max_attempts": 1},
+            }
+        )
+    )
+
+
+def _run_job(runtime: WorkerRuntime, job: JobRecord) -> JobRecord:
+    """Queue ``job`` (READY), run it on the worker and, if it has destinations, deliver."""
+    job = runtime.ledger.transition(job.job_id, JobState.QUEUED)
+    message = RunJobMessage(
+        job_id=job.job_id, model_id=job.model_id, series_uid=job.series_instance_uid
+    )
+    JobExecutor(runtime).run(message, worker="test")
+    if job.destinations:
+        DeliveryService(runtime.settings, runtime.ledger).run_once()
+    return runtime.ledger.get_job(job.job_id)
+
+
+def _open_job(runtime: WorkerRuntime, films: list[Path], *, destinations: list[str]) -> JobRecord:
+    (model_id,) = runtime.settings.routes[0].models
+    series_uid = spool(runtime.settings.spool_dir, runtime.ledger, films)
+    return runtime.ledger.open_job(
+        runtime.ledger.get_series(series_uid),
+        route="chest-xray",
+        model_id=model_id,
+        destinations=destinations,
+        priority=5,
+    )
+
+
+def _sop_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _referenced_images(path: Path) -> set[str]:
+    """Every SOP instance the SR references: its evidence and its content (image library,
+    source images)."""
+    return {
+        str(reference.ReferencedSOPInstanceUID)
+        for item in walk(dcmread(path))
+        for reference in item.get("ReferencedSOPSequence", [])
+    }
+
+
+@pytest.fixture
+def any_view_package(tmp_path: Path, cxr_package: ModelPackage) -> ModelPackage:
+    """The example classifier changed by its user to accept any view (no ViewPosition)."""
+    content = yaml.safe_load((cxr_package.folder / "model.yaml").read_text())
+    del content["accepts"]["attributes"]["ViewPosition"]
+    folder = tmp_path / "any-view" / "chest_xray_resnet18"
+    folder.mkdir(parents=True)
+    (folder / "model.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    return load_package(folder)
+
+
+@pytest.mark.peers
 @pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person")
-def test_of_a_pa_and_a_lateral_in_one_series_the_frontal_classifier_takes_the_pa(
-    runner: ModelRunner, xray_dir: Path, tmp_path: Path
+def test_each_film_of_a_pa_and_lateral_series_gets_its_own_report_in_one_result_series(
+    any_view_package: ModelPackage, xray_dir: Path, tmp_path: Path, orthanc: Orthanc
 ) -> None:
-    lateral, frontal = _series(
-        xray_dir, tmp_path, {"highdicom_dx_image.dcm": "LL", "nih-cxr14-nccid.dcm": "PA"}
+    pa, lateral = _series(
+        xray_dir, tmp_path, {"nih-cxr14-nccid.dcm": "PA", "highdicom_dx_image.dcm": "LL"}
     )
-    frontal_uid = str(dcmread(frontal, stop_before_pixels=True).SOPInstanceUID)
+    films = [_sop_uid(pa), _sop_uid(lateral)]
+    pacs = {"pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": "ORTHANC"}}
+    runtime = _worker(tmp_path, any_view_package, destinations=pacs)
+    try:
+        # Arrival order lateral first: results are numbered in Instance Number order.
+        job = _open_job(runtime, [lateral, pa], destinations=["pacs"])
+        done = _run_job(runtime, job)
+        runtime.ledger.transition(job.job_id, JobState.READY, reason="re-run (test)")
+        again = _run_job(runtime, job)
+    finally:
+        runtime.close()
 
-    volume, prediction, _ = load_and_predict(runner, [lateral, frontal])
-    written = write_results(volume, prediction, runner.manifest, out_dir=tmp_path / "out")
+    assert done.state is JobState.DONE, done.reason
+    assert again.state is JobState.DONE, again.reason
+    images = done.result["images"]
+    assert [(i["sop_instance_uid"], i["instance_number"]) for i in images] == [
+        (films[0], 1),
+        (films[1], 2),
+    ]
+    reports = [i["sr_sop_instance_uid"] for i in images]
+    assert len(set(reports)) == 2 and done.result["sr_sop_instance_uid"] == reports[0]
+    assert all(i["plausibility"]["ok"] for i in images)
+    # A re-run derives the very same UIDs: the PACS replaces, and holds two reports.
+    assert [i["sr_sop_instance_uid"] for i in again.result["images"]] == reports
+    stored = orthanc.instances()
+    assert len(stored) == 2 and len(orthanc.series()) == 1
+    by_uid = {}
+    for number, instance in enumerate(stored):
+        path = tmp_path / f"delivered-{number}.dcm"
+        path.write_bytes(orthanc.download(instance))
+        by_uid[_sop_uid(path)] = path
+    assert sorted(by_uid) == sorted(reports)
+    series = set()
+    for film, report, number in zip(films, reports, (1, 2), strict=True):
+        path = by_uid[report]
+        _dciodvfy_clean(path)
+        dataset = dcmread(path)
+        series.add((str(dataset.SeriesInstanceUID), int(dataset.SeriesNumber)))
+        assert int(dataset.InstanceNumber) == number
+        assert _referenced_images(path) == {film}
+        findings = _probabilities(path)
+        assert {uid for _, _, uid in findings.values()} == {film}
+        for meaning, class_name in MEANINGS.items():
+            assert findings[meaning][1] == pytest.approx(EXPECTED[class_name], abs=1e-5)
+    assert len(series) == 1
 
-    assert volume.source_headers[0].SOPInstanceUID == frontal_uid
-    assert any(
-        "left out image 1" in n and "ViewPosition LL is not one of" in n for n in volume.notes
+
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person")
+def test_of_a_pa_and_a_lateral_in_one_series_the_frontal_classifier_reports_on_the_pa_only(
+    cxr_package: ModelPackage, xray_dir: Path, tmp_path: Path
+) -> None:
+    pa, lateral = _series(
+        xray_dir, tmp_path, {"nih-cxr14-nccid.dcm": "PA", "highdicom_dx_image.dcm": "LL"}
     )
-    (sr,) = written.files
-    assert {uid for _, _, uid in _probabilities(sr.path).values()} == {frontal_uid}
+    runtime = _worker(tmp_path, cxr_package)
+    try:
+        done = _run_job(runtime, _open_job(runtime, [pa, lateral], destinations=[]))
+        notes = [e.reason or "" for e in runtime.ledger.events(done.job_id)]
+    finally:
+        runtime.close()
+
+    assert done.state is JobState.DONE, done.reason
+    (image,) = done.result["images"]
+    assert (image["sop_instance_uid"], image["instance_number"]) == (_sop_uid(pa), 1)
+    (report,) = [Path(f) for f in done.result["files"]]
+    assert _referenced_images(report) == {_sop_uid(pa)}
+    (left_out,) = [n for n in notes if "left out" in n]
+    assert "ran on image 1" in left_out and "left out image 2" in left_out
+    assert "ViewPosition LL is not one of PA, AP" in left_out
     # The node decides the same from the headers: a lateral alone is not for this model.
-    assert refusal(runner.manifest, facts_from_files([lateral])) == (
+    assert refusal(cxr_package.manifest, facts_from_files([lateral])) == (
         "chest-xray-resnet18 1.0 cannot run on this series: ViewPosition LL is not one of PA, AP"
     )
 
 
-def test_two_frontal_films_in_one_series_are_refused_with_what_to_do(
-    runner: ModelRunner, xray_dir: Path, tmp_path: Path
-) -> None:
-    paths = _series(
-        xray_dir, tmp_path, {"highdicom_dx_image.dcm": "AP", "nih-cxr14-nccid.dcm": "PA"}
-    )
+class Brightness(torch.nn.Module):
+    """A 2-class classifier of a film's mean brightness m: logits (0, 20 (m - 0.5)), so a
+    bright film is "Bright" with certainty and a mid-grey one is undecided (p 0.5)."""
 
-    with pytest.raises(
-        InvalidInputError, match=r"holds 2 radiographs the model accepts.*own series"
-    ):
-        load_and_predict(runner, paths)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean = image.mean(dim=(1, 2, 3)).unsqueeze(1)
+        return torch.cat([torch.zeros_like(mean), 20.0 * (mean - 0.5)], dim=1)
+
+
+@pytest.fixture
+def brightness_package(tmp_path: Path) -> ModelPackage:
+    folder = tmp_path / "brightness-models" / "brightness"
+    folder.mkdir(parents=True)
+    script(Brightness(), folder / "model.ts")
+    content = manifest(
+        id="cxr-brightness",
+        name="Film brightness (test)",
+        task="classification",
+        accepts={"modalities": ["CR", "DX"], "dims": 2},
+        network={"kind": "torchscript", "path": "model.ts", "output_name": "output"},
+        backends=[{"name": "torch"}],
+        preprocessing={"voi": "window"},
+        postprocessing={"activation": "softmax"},
+        labels=[],
+        classes=[
+            {"index": 0, "name": "Dark", "code": _local_code("Dark"), "threshold": 0.5},
+            {"index": 1, "name": "Bright", "code": _local_code("Bright"), "threshold": 0.5},
+        ],
+        outputs={"seg": False, "sr": True},
+        expect={"max_entropy": 0.5},
+    )
+    return write_package(folder, content)
+
+
+def _local_code(name: str) -> dict[str, str]:
+    """A code of a private coding scheme (PS3.16 8.2: designators starting "99")."""
+    return {"value": f"PACSAI-{name.upper()}", "scheme": "99PACSAI", "meaning": name}
+
+
+def _synthetic_series(folder: Path, levels: dict[str, int]) -> list[Path]:
+    """Uniform 64 x 64 DX films of one series, one per (View Position, grey level)."""
+    study, series = generate_uid(), generate_uid()
+    films = []
+    for number, (view, level) in enumerate(levels.items(), start=1):
+        ds = radiographs.dx_dataset(
+            np.full((64, 64), level, dtype=np.uint8),
+            study_uid=study,
+            series_uid=series,
+            instance_number=number,
+        )
+        ds.ViewPosition = view
+        films.append(radiographs.save(ds, folder / f"{number}.dcm"))
+    return films
+
+
+@pytest.mark.parametrize("on_implausible", ["hold", "deliver_flagged"])
+def test_a_job_is_held_when_one_film_of_its_series_is_implausible_naming_that_film(
+    brightness_package: ModelPackage, tmp_path: Path, on_implausible: str
+) -> None:
+    bright, grey = _synthetic_series(tmp_path / "films", {"PA": 230, "LL": 128})
+    runtime = _worker(tmp_path, brightness_package, on_implausible=on_implausible)
+    try:
+        ended = _run_job(runtime, _open_job(runtime, [bright, grey], destinations=[]))
+    finally:
+        runtime.close()
+
+    # Held: the job's reason says why. Delivered flagged: result["flagged"] does (the
+    # delivery service makes it the job's reason; here no destination, results kept).
+    reason = str(ended.reason if on_implausible == "hold" else ended.result["flagged"])
+    undecided = f"radiograph {_sop_uid(grey)}: class probabilities undecided: entropy 1 bits"
+    assert undecided in reason and _sop_uid(bright) not in reason
+    assert [i["plausibility"]["ok"] for i in ended.result["images"]] == [True, False]
+    assert ended.result["plausibility"]["ok"] is False
+    reports = [dcmread(f) for f in ended.result["files"]]
+    assert [int(r.InstanceNumber) for r in reports] == [1, 2]
+    assert len({(r.SeriesInstanceUID, r.SeriesNumber, r.SeriesDescription) for r in reports}) == 1
+    comments = [
+        [str(item.TextValue) for item in walk(report) if "TextValue" in item] for report in reports
+    ]
+    if on_implausible == "hold":
+        assert ended.state is JobState.NEEDS_REVIEW
+        assert reason.startswith("held for review: ")
+        assert not any(r.SeriesDescription.startswith("CHECK") for r in reports)
+    else:
+        # A series has one description: both reports are CHECK; only the grey film's
+        # report says what was out of range.
+        assert ended.state is JobState.DONE
+        assert reason.startswith("delivered flagged CHECK: ")
+        assert all(r.SeriesDescription.startswith("CHECK AI cxr-brightness SR") for r in reports)
+        assert not any("entropy" in c for c in comments[0])
+        assert any("entropy" in c for c in comments[1])
 
 
 @pytest.mark.peers
@@ -376,8 +597,8 @@ class Bright(torch.nn.Module):
 
 @pytest.fixture
 def bright_package(tmp_path: Path) -> ModelPackage:
-    folder = tmp_path / "bright"
-    folder.mkdir()
+    folder = tmp_path / "bright-models" / "bright"  # alone in its folder: a worker's model_dirs
+    folder.mkdir(parents=True)
     script(Bright(), folder / "model.ts")
     content = manifest(
         id="cxr-bright",
@@ -440,3 +661,95 @@ def test_a_2d_segmentation_of_a_film_gives_a_seg_sr_and_overlay_on_the_one_image
     assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert overlay.get("PatientOrientation") == source.get("PatientOrientation", "")
     assert written.measurements_ml == {}
+
+
+@pytest.mark.peers
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person")
+def test_a_2d_segmentation_of_two_films_gives_each_film_its_seg_sr_and_overlay_in_one_series_each(
+    bright_package: ModelPackage, xray_dir: Path, tmp_path: Path, orthanc: Orthanc
+) -> None:
+    pa, lateral = _series(
+        xray_dir, tmp_path, {"nih-cxr14-nccid.dcm": "PA", "highdicom_dx_image.dcm": "LL"}
+    )
+    films = [_sop_uid(pa), _sop_uid(lateral)]
+    outputs = {"seg": "binary", "sr": True, "sc": True}
+    pacs = {
+        "pacs": {
+            "host": "127.0.0.1",
+            "port": orthanc.dicom_port,
+            "ae_title": "ORTHANC",
+            "outputs": outputs,
+        }
+    }
+    runtime = _worker(tmp_path, bright_package, destinations=pacs)
+    try:
+        done = _run_job(runtime, _open_job(runtime, [pa, lateral], destinations=["pacs"]))
+    finally:
+        runtime.close()
+
+    assert done.state is JobState.DONE, done.reason
+    stored = [orthanc.instance_tags(i) for i in orthanc.instances()]
+    series: dict[str, set[tuple[str, str, str]]] = {}
+    for tags in stored:
+        series.setdefault(tags["Modality"], set()).add(
+            (tags["SeriesInstanceUID"], tags["SeriesNumber"], tags["SeriesDescription"])
+        )
+    assert {kind: len(found) for kind, found in series.items()} == {"SEG": 1, "SR": 1, "OT": 1}
+    assert sorted(int(t["InstanceNumber"]) for t in stored) == [1, 1, 1, 2, 2, 2]
+    assert len({t["SOPInstanceUID"] for t in stored}) == 6
+    written = {_sop_uid(Path(f)): Path(f) for f in done.result["files"]}
+    assert set(written) == {t["SOPInstanceUID"] for t in stored}
+    for film, image in zip(films, done.result["images"], strict=True):
+        assert image["sop_instance_uid"] == film
+        seg = dcmread(written[image["seg_sop_instance_uid"]])
+        (referenced,) = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        assert referenced.ReferencedSOPInstanceUID == film
+        report = written[image["sr_sop_instance_uid"]]
+        assert _referenced_images(report) == {film, image["seg_sop_instance_uid"]}
+    overlays = [dcmread(f) for f in written.values() if "/sc/" in f.as_posix()]
+    assert sorted(
+        (int(o.InstanceNumber), str(o.SourceImageSequence[0].ReferencedSOPInstanceUID))
+        for o in overlays
+    ) == [(1, films[0]), (2, films[1])]
+    for path in written.values():
+        _dciodvfy_clean(path)
+
+
+@pytest.mark.peers
+def test_a_node_queues_a_frontal_classifier_for_a_series_whose_first_film_is_the_lateral(
+    cxr_package: ModelPackage, xray_dir: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    lateral, pa = _series(
+        xray_dir, tmp_path, {"highdicom_dx_image.dcm": "LL", "nih-cxr14-nccid.dcm": "PA"}
+    )
+    lateral_only = _series(xray_dir, tmp_path / "ll", {"highdicom_dx_image.dcm": "LL"})
+    settings = validate_settings(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "broker_url": redis_server.url,
+            "model_dirs": [str(cxr_package.folder.parent)],
+            "node": {"host": "127.0.0.1", "port": free_port(), "min_free_disk_mb": 0},
+            "completion": {"series_quiet_seconds": 0.5, "check_interval_seconds": 0.1},
+            "routes": [
+                {
+                    "name": "chest-xray",
+                    "match": {"Modality": ["CR", "DX"]},
+                    "models": [cxr_package.manifest.id],
+                }
+            ],
+        }
+    )
+    with Node(settings) as node:
+        for films in ([lateral, pa], lateral_only):
+            sent = storescu(films, "127.0.0.1", node.port, "PACSAI", "XRAY")
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        def state(film: Path) -> JobState | None:
+            uid = str(dcmread(film, stop_before_pixels=True).SeriesInstanceUID)
+            jobs = node.ledger.jobs(series_uid=uid)
+            return jobs[0].state if jobs else None
+
+        # The node judges every film: the PA makes the series applicable, whichever film
+        # comes first; a series of laterals only is not.
+        wait_for(lambda: state(pa) == JobState.QUEUED, 20, "the PA + lateral series queued")
+        wait_for(lambda: state(lateral_only[0]) == JobState.NOT_APPLICABLE, 20, "laterals refused")

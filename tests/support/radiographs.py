@@ -156,9 +156,15 @@ def in_series(
     series_uid: str,
     instance_number: int,
     view_position: str,
+    patient: Dataset | None = None,
 ) -> Path:
-    """The image as instance ``instance_number`` of a series, with its View Position."""
+    """The image as instance ``instance_number`` of a series, with its View Position
+    and, where ``patient`` is given, its Patient ID and Name (so that films of two patients
+    become films of one)."""
     ds, _ = _copy(source)
+    if patient is not None:
+        ds.PatientID = patient.get("PatientID", "")
+        ds.PatientName = patient.get("PatientName", "")
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.InstanceNumber = instance_number

@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from core.output_profiles import OutputProfile
 from inference import codes
 from inference.pipeline import ClassResult, Prediction
-from inference.plausibility import Plausibility, check_plausibility, entropy_bits
+from inference.plausibility import Plausibility, check_plausibility, combined, entropy_bits
 from inference.results import write_results
 from inference.volume import Volume
 from models.manifest import ClassSpec, ModelManifest
@@ -321,6 +321,19 @@ def test_a_flagged_classification_report_carries_the_quality_control_too(
     report = hd.sr.srread(sr).content
     assert isinstance(report, hd.sr.MeasurementReport)
     assert len(report.get_image_measurement_groups()) == 2
+
+
+def test_several_films_are_implausible_together_when_one_is_each_problem_naming_its_film() -> None:
+    fine = Plausibility((), {"classes": {"entropy_bits": 0.1}})
+    undecided = Plausibility(("class probabilities undecided",), {"classes": {"entropy_bits": 1}})
+
+    verdict = combined([("radiograph 1.2.1", fine), ("radiograph 1.2.2", undecided)])
+
+    assert not verdict.ok
+    assert verdict.problems == ("radiograph 1.2.2: class probabilities undecided",)
+    assert verdict.measured == fine.measured
+    assert combined([("radiograph 1.2.1", fine), ("radiograph 1.2.2", fine)]).ok
+    assert combined([("", undecided)]) == undecided
 
 
 def _quality_control(path: Path) -> tuple[list[str], list[str]]:

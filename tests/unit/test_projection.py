@@ -20,10 +20,9 @@ from inference.preprocess import prepare
 from inference.preprocess2d import ResizePlan, to_network_channels
 from inference.preprocess2d import apply_voi as voi_of
 from inference.projection import (
-    choose_projection,
+    choose_projections,
     is_projection,
     load_projection,
-    load_projection_for,
     series_is_projection,
 )
 from inference.writers import writable_source
@@ -153,6 +152,7 @@ def _views(tmp_path: Path, *views: str) -> list[Path]:
 FRONTAL = AcceptsSpec.model_validate(
     {"modalities": ["DX"], "dims": 2, "attributes": {"ViewPosition": ["PA", "AP"]}}
 )
+ANY_VIEW = AcceptsSpec.model_validate({"modalities": ["DX"], "dims": 2})
 
 
 def test_of_a_pa_and_a_lateral_the_image_the_model_accepts_is_taken_and_the_other_noted(
@@ -160,23 +160,33 @@ def test_of_a_pa_and_a_lateral_the_image_the_model_accepts_is_taken_and_the_othe
 ) -> None:
     lateral, frontal = _views(tmp_path, "LL", "PA")
 
-    volume = load_projection_for([lateral, frontal], FRONTAL)
+    films, notes = choose_projections([lateral, frontal], FRONTAL)
 
-    assert volume.source_headers[0].ViewPosition == "PA"
-    (note,) = [n for n in volume.notes if "left out" in n]
+    assert films == (frontal,)
+    (note,) = notes
     assert "ran on image 2" in note and "PA)" in note
     assert "left out image 1" in note and "ViewPosition LL is not one of PA, AP" in note
 
 
-def test_a_series_with_two_acceptable_radiographs_or_none_is_refused_naming_each(
+def test_every_acceptable_radiograph_is_taken_in_instance_number_order_whatever_the_arrival(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(
-        InvalidInputError, match=r"holds 2 radiographs the model accepts.*own series"
-    ):
-        choose_projection(_views(tmp_path / "two", "PA", "AP"), FRONTAL)
+    first, second, third = _views(tmp_path, "PA", "LL", "AP")
+
+    films, notes = choose_projections([third, second, first], FRONTAL)
+    anything, none_left = choose_projections([second, third, first], ANY_VIEW)
+
+    assert films == (first, third)
+    (note,) = notes
+    assert "ran on image 1" in note and "image 3" in note and "left out image 2" in note
+    assert anything == (first, second, third) and none_left == ()
+
+
+def test_a_series_with_no_acceptable_radiograph_is_refused_naming_each(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(InvalidInputError, match=r"(?s)none of the 2 radiographs.*LL.*RL"):
-        choose_projection(_views(tmp_path / "none", "LL", "RL"), FRONTAL)
+        choose_projections(_views(tmp_path / "none", "LL", "RL"), FRONTAL)
     with pytest.raises(InvalidInputError, match="load_projection reads one"):
         load_projection(_views(tmp_path / "direct", "PA", "LL"))
 

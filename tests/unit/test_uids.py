@@ -61,6 +61,21 @@ def test_seg_and_sr_of_one_job_go_to_different_series() -> None:
     assert seg.series_instance_uid != sr.series_instance_uid
 
 
+def test_results_of_two_films_of_a_series_share_their_series_and_differ_in_instance() -> None:
+    plain = result_uids(SOURCE, "cxr", "1.0", "sr")
+    pa = result_uids(SOURCE, "cxr", "1.0", "sr", source_instance="1.2.3.1")
+    lateral = result_uids(SOURCE, "cxr", "1.0", "sr", source_instance="1.2.3.2")
+    overlay = result_uids(SOURCE, "cxr", "1.0", "sc", source_instance="1.2.3.1", index=0)
+
+    assert pa.series_instance_uid == lateral.series_instance_uid == plain.series_instance_uid
+    assert len({plain.sop_instance_uid, pa.sop_instance_uid, lateral.sop_instance_uid}) == 3
+    assert pa == result_uids(SOURCE, "cxr", "1.0", "sr", source_instance="1.2.3.1")
+    assert (
+        overlay.sop_instance_uid
+        != result_uids(SOURCE, "cxr", "1.0", "sc", index=0).sop_instance_uid
+    )
+
+
 def test_bad_arguments_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="at least one part"):
         derive_uid()
