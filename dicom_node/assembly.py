@@ -56,6 +56,11 @@ from models.manifest import ModelManifest
 
 logger = logging.getLogger(__name__)
 
+#: Modalities of projection radiographs, whose series hold films of several views.
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "IO", "PX"})
+#: Films of one projection series whose headers are read to decide what a model accepts.
+MAX_FILMS = 32
+
 #: Results pacs-ai made itself (this Manufacturer, one of these modalities) are never
 #: routed again, so a PACS that sends results back cannot make the node loop on its output.
 OWN_MANUFACTURER = "pacs-ai"
@@ -106,6 +111,7 @@ class CompletionWatcher:
         self._manifests: Mapping[str, ModelManifest] = manifests or {}
         # Header facts of the series routed in this pass, by (UID, last arrival, geometry).
         self._facts: dict[tuple[str, float, bool], SeriesFacts | None] = {}
+        self._films: dict[tuple[str, float, bool], list[SeriesFacts]] = {}
 
     def start(self) -> None:
         self._loop.start()
@@ -124,6 +130,7 @@ class CompletionWatcher:
         # Arrivals still in the recorder's hands would make a series look quieter than it is.
         self._recorder.flush()
         self._facts.clear()
+        self._films.clear()
         now = self._clock()
         for series in self._complete_series(now):
             with log_context(series_uid=series.series_instance_uid):
@@ -348,7 +355,42 @@ class CompletionWatcher:
         if key not in self._facts:
             self._facts[key] = self._series_facts(series, geometry=geometry)
         facts = self._facts[key]
-        return None if facts is None else refusal(manifest, facts)
+        if facts is None:
+            return None
+        refused = refusal(manifest, facts)
+        if refused is None or facts.modality not in PROJECTION_MODALITIES:
+            return refused
+        # A radiograph series (PA and lateral, say): the worker runs every film the model
+        # accepts, so the series is not applicable only when no film is acceptable.
+        for film in self._film_facts(series, geometry=geometry)[1:]:
+            if refusal(manifest, film) is None:
+                return None
+        return refused
+
+    def _film_facts(self, series: SeriesRecord, *, geometry: bool) -> list[SeriesFacts]:
+        """The facts of each film of a projection series (at most MAX_FILMS of them)."""
+        key = (series.series_instance_uid, series.last_received_at, geometry)
+        if key not in self._films:
+            instances = self._ledger.series_instances(series.series_instance_uid)
+            films = []
+            for instance in instances[:MAX_FILMS]:
+                try:
+                    films.append(
+                        facts_from_files(
+                            [Path(instance.path)],
+                            geometry=geometry,
+                            read=read_stored_header,
+                            read_geometry=read_stored_header,
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 -- the worker decides on that film
+                    logger.warning(
+                        "cannot read the header of film %s (%s)",
+                        instance.sop_instance_uid,
+                        type(exc).__name__,
+                    )
+            self._films[key] = films
+        return self._films[key]
 
     def _series_facts(self, series: SeriesRecord, *, geometry: bool) -> SeriesFacts | None:
         paths = [Path(i.path) for i in self._ledger.series_instances(series.series_instance_uid)]
