@@ -2,23 +2,29 @@
 
 ``python benchmarks/dashboard.py --jobs 1000 10000 50000`` fills a fresh SQLite ledger per
 size with that many finished jobs (each with its series of 100 instances, six transitions
-and two delivered results, spread over the last 24 hours, 2 % failed), then times, in this
-process and without a socket, the requests the monitor serves (median of ``--runs``):
-the overview page, one job page, ``/api/jobs``, the first ``/metrics`` scrape (which
-reads every DONE run once) and a later one (only what changed). No broker: queue depths
-are left out.
+and two delivered results, spread over the last 24 hours, 2 % failed), then starts the
+monitor (uvicorn on a free loopback port, as ``pacs-ai serve`` does) and times over HTTP
+the requests it serves (median of ``--runs``): the overview page, one job page,
+``/api/jobs``, the first ``/metrics`` scrape (which reads every DONE run once) and a
+later one (only what changed). No broker: queue depths are left out. ``--server`` names
+another module with a ``MonitorServer`` (to compare with an earlier monitor).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import socket
 import statistics
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert
 
@@ -34,7 +40,6 @@ from core.ledger_schema import (  # noqa: E402
     series_table,
 )
 from core.settings import validate_settings  # noqa: E402
-from monitor.server import MonitorApp, Request  # noqa: E402
 
 
 def fill(ledger: Ledger, jobs: int) -> str:
@@ -101,46 +106,66 @@ def fill(ledger: Ledger, jobs: int) -> str:
     return one_job
 
 
-def timed(app: MonitorApp, path: str, runs: int, query: str = "") -> tuple[float, int]:
+def get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as answer:  # noqa: S310 -- loopback
+            return bytes(answer.read())
+    except urllib.error.HTTPError as error:
+        assert error.code == 503, (url, error.code)
+        with error:
+            return bytes(error.read())
+
+
+def timed(base: str, path: str, runs: int) -> tuple[float, int]:
     samples = []
     size = 0
     for _ in range(runs):
-        request = Request("GET", path, {} if not query else {"limit": [query]}, {}, b"", "x")
         started = time.perf_counter()
-        response = app.handle(request)
+        size = len(get(base + path))
         samples.append(time.perf_counter() - started)
-        assert response.status in (200, 503), (path, response.status)
-        size = len(response.body)
     return statistics.median(samples), size
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--server", default="monitor.web.server")
     args = parser.parse_args()
+    server_class: Any = importlib.import_module(args.server).MonitorServer
     print(f"{'jobs':>7} {'request':24} {'median ms':>10} {'bytes':>9}")
     for count in args.jobs:
         with tempfile.TemporaryDirectory() as folder:
             settings = validate_settings(
                 {"data_dir": folder, "broker_url": "redis://127.0.0.1:1/0",
                  "routes": [{"name": "chest-ct", "match": {"Modality": "CT"},
-                             "models": ["ct-lungs"]}]}
+                             "models": ["ct-lungs"]}],
+                 "monitor": {"host": "127.0.0.1", "port": free_port()}}
             )  # fmt: skip
             ledger = Ledger(settings.resolved_ledger_url)
             ledger.create_schema()
             job_id = fill(ledger, count)
-            app = MonitorApp(settings, ledger, inspector=None)
-            first = time.perf_counter()
-            app.handle(Request("GET", "/metrics", {}, {}, b"", "x"))
-            first_ms = (time.perf_counter() - first) * 1000
-            print(f"{count:>7} {'/metrics (first scrape)':24} {first_ms:>10.1f}")
-            for path, query in (("/", ""), (f"/jobs/{job_id}", ""), ("/api/jobs", "50"),
-                                ("/metrics", "")):  # fmt: skip
-                seconds, size = timed(app, path, args.runs, query)
-                name = "/jobs/<id>" if path.startswith("/jobs/") else path
-                print(f"{count:>7} {name:24} {seconds * 1000:>10.1f} {size:>9}")
-            ledger.close()
+            server = server_class(settings, ledger, inspector=None)
+            server.start()
+            base = f"http://127.0.0.1:{server.port}"
+            try:
+                first = time.perf_counter()
+                get(base + "/metrics")
+                first_ms = (time.perf_counter() - first) * 1000
+                print(f"{count:>7} {'/metrics (first scrape)':24} {first_ms:>10.1f}")
+                for path in ("/", f"/jobs/{job_id}", "/api/jobs?limit=50", "/metrics"):
+                    seconds, size = timed(base, path, args.runs)
+                    name = "/jobs/<id>" if path.startswith("/jobs/") else path
+                    print(f"{count:>7} {name:24} {seconds * 1000:>10.1f} {size:>9}")
+            finally:
+                server.stop()
+                ledger.close()
 
 
 if __name__ == "__main__":

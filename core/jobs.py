@@ -118,6 +118,14 @@ class SeriesRecord:
     state: SeriesState
     reason: str | None
     completed_at: float | None = None
+    #: The first arrival of the current sending run (see :attr:`run_started_at`).
+    receiving_since: float | None = None
+
+    @property
+    def run_started_at(self) -> float:
+        """When the sending run that completes the series began: its first instance
+        received since the series last completed (a re-sent series starts a new run)."""
+        return self.first_received_at if self.receiving_since is None else self.receiving_since
 
 
 @dataclass(frozen=True, slots=True)

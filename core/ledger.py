@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from core.jobs import (
 )
 from core.ledger_schema import (
     SCHEMA_VERSION,
+    add_missing_columns,
     counters_table,
     instances_table,
     job_events_table,
@@ -132,6 +134,15 @@ class UnknownJobError(PacsAiError):
     """No job with this id exists in the ledger."""
 
 
+class AmbiguousJobIdError(UnknownJobError):
+    """A short job id that more than one job's id starts with."""
+
+
+#: The fewest characters of a job id that name it (``pacs-ai status`` shows 8).
+MIN_JOB_ID_PREFIX = 4
+_JOB_ID_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_JOB_ID_PREFIX},32}}")
+
+
 class InvalidTransitionError(PacsAiError):
     """A job was asked to move to a state its current state does not lead to."""
 
@@ -172,11 +183,24 @@ class Ledger:
         return self._engine
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent) and record the schema version."""
+        """Create missing tables and columns (idempotent) and record the schema version.
+
+        A ledger made by an older release gets the tables and the (nullable) columns
+        added since (:func:`core.ledger_schema.add_missing_columns`).
+        """
         with self._schema_lock, self._engine.begin() as conn:
             metadata.create_all(conn)
+            added = add_missing_columns(conn)
+            if added:
+                logger.info("ledger upgraded: added %s", ", ".join(added))
             if conn.execute(select(func.count()).select_from(schema_info)).scalar_one() == 0:
                 conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+            else:
+                conn.execute(
+                    update(schema_info)
+                    .where(schema_info.c.version < SCHEMA_VERSION)
+                    .values(version=SCHEMA_VERSION)
+                )
 
     def close(self) -> None:
         self._engine.dispose()
@@ -356,9 +380,15 @@ class Ledger:
                     resent_count=delta.resent,
                     state=SeriesState.RECEIVING.value,
                     updated_at=now,
+                    receiving_since=delta.earliest,
                 )
             )
             return True
+        values: dict[str, Any] = {}
+        if current.state != SeriesState.RECEIVING.value:
+            # Completed before: these instances begin a new sending run (a re-send, late
+            # images), whose receive stage and forced completion count from here.
+            values["receiving_since"] = delta.earliest
         conn.execute(
             update(series_table)
             .where(series_table.c.series_uid == series_uid)
@@ -369,6 +399,7 @@ class Ledger:
                 state=SeriesState.RECEIVING.value,
                 reason=None,
                 updated_at=now,
+                **values,
             )
         )
         return False
@@ -593,7 +624,7 @@ class Ledger:
                         input_received_at=series.last_received_at,
                     )
                 )
-                _add_event(conn, job_id, JobState.RECEIVING, at=series.first_received_at)
+                _add_event(conn, job_id, JobState.RECEIVING, at=series.run_started_at)
                 _add_event(conn, job_id, JobState.READY, at=now, reason=reason)
             else:
                 job_id = row.job_id
@@ -641,6 +672,10 @@ class Ledger:
                             input_received_at=series.last_received_at,
                         )
                     )
+                    # The new run's receive stage starts with its own first instance (when
+                    # a new sending run began after what the last run covered).
+                    if series.run_started_at > row.input_received_at:
+                        _add_event(conn, job_id, JobState.RECEIVING, at=series.run_started_at)
                     _add_event(
                         conn,
                         job_id,
@@ -697,7 +732,7 @@ class Ledger:
                         input_received_at=series.last_received_at,
                     )
                 )
-                _add_event(conn, job_id, JobState.RECEIVING, at=series.first_received_at)
+                _add_event(conn, job_id, JobState.RECEIVING, at=series.run_started_at)
                 _add_event(conn, job_id, JobState.NOT_APPLICABLE, at=now, reason=reason)
                 return self._job_in(conn, job_id)
             job_id = row.job_id
@@ -814,6 +849,61 @@ class Ledger:
                 detail=detail,
                 kind="note",
             )
+
+    def resolve_job_id(self, text: str) -> str:
+        """The full id of the job ``text`` names: its whole id, or a prefix of it that
+        only one job has (``pacs-ai status`` and the dashboard show the first 8).
+
+        Raises:
+            UnknownJobError: ``text`` is not (the start of) a job id, or no job has it.
+            AmbiguousJobIdError: more than one job starts with it (they are listed).
+        """
+        wanted = text.strip().lower()
+        if not _JOB_ID_PREFIX.fullmatch(wanted):
+            raise UnknownJobError(
+                f"{text!r} is not a job id: give the id `pacs-ai status` shows (at least "
+                f"{MIN_JOB_ID_PREFIX} of its hexadecimal characters)"
+            )
+        with self._engine.connect() as conn:
+            found = [
+                (str(row.job_id), str(row.state))
+                for row in conn.execute(
+                    select(jobs_table.c.job_id, jobs_table.c.state)
+                    .where(jobs_table.c.job_id.startswith(wanted, autoescape=True))
+                    .order_by(jobs_table.c.job_id)
+                    .limit(6)
+                )
+            ]
+        exact = [job_id for job_id, _state in found if job_id == wanted]
+        if exact:
+            return exact[0]
+        if not found:
+            raise UnknownJobError(f"no job {wanted} in the ledger")
+        if len(found) > 1:
+            shown = ", ".join(f"{job_id} ({state})" for job_id, state in found[:5])
+            more = " and more" if len(found) > 5 else ""
+            raise AmbiguousJobIdError(
+                f"{wanted} is the start of several job ids: {shown}{more}; give more of it"
+            )
+        return found[0][0]
+
+    def explain_job(self, job_id: str, reason: str, *, state: JobState) -> bool:
+        """Set the reason of a job that stays in ``state`` (why it is still DELIVERING,
+        say), with a note event; nothing when its reason is already that or it has moved
+        on. True when the reason changed."""
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(jobs_table.c.state, jobs_table.c.reason).where(jobs_table.c.job_id == job_id)
+            ).first()
+            if row is None:
+                raise UnknownJobError(f"no job {job_id} in the ledger")
+            if row.state != state.value or row.reason == reason:
+                return False
+            conn.execute(
+                update(jobs_table).where(jobs_table.c.job_id == job_id).values(reason=reason)
+            )
+            _add_event(conn, job_id, state, at=time.time(), reason=reason, kind="note")
+        return True
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._engine.connect() as conn:
@@ -944,9 +1034,12 @@ def _put_worker_status(conn: Connection, name: str, status: WorkerStatus, now: f
 
 def _rerun(conn: Connection, row: Row[Any], now: float) -> None:
     """Put a job that just ended back to READY because late instances arrived meanwhile."""
-    last = conn.execute(
-        select(series_table.c.last_received_at).where(series_table.c.series_uid == row.series_uid)
-    ).scalar_one()
+    last, run_started = conn.execute(
+        select(
+            series_table.c.last_received_at,
+            func.coalesce(series_table.c.receiving_since, series_table.c.first_received_at),
+        ).where(series_table.c.series_uid == row.series_uid)
+    ).one()
     conn.execute(
         update(jobs_table)
         .where(jobs_table.c.job_id == row.job_id)
@@ -959,6 +1052,8 @@ def _rerun(conn: Connection, row: Row[Any], now: float) -> None:
             updated_at=now,
         )
     )
+    if run_started > row.input_received_at:
+        _add_event(conn, row.job_id, JobState.RECEIVING, at=run_started)
     _add_event(
         conn,
         row.job_id,
@@ -1072,6 +1167,7 @@ def _series_record(row: Row[Any]) -> SeriesRecord:
         state=SeriesState(row.state),
         reason=row.reason,
         completed_at=row.completed_at,
+        receiving_since=row.receiving_since,
     )
 
 

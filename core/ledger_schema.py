@@ -15,9 +15,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
+    text,
 )
+from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 1
+#: 2: ``series.receiving_since``, ``workers.stopped_at``, the ``nodes`` and
+#: ``destination_status`` tables (issue 12).
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -45,6 +50,9 @@ series_table = Table(
     #: When the series last completed (quiet period, release or forced).
     Column("completed_at", Float),
     Column("updated_at", Float, nullable=False),
+    #: The first arrival of the current sending run: the first instance received since
+    #: the series last completed (empty in ledgers older than schema 2: first_received_at).
+    Column("receiving_since", Float),
     Index("ix_series_state_last", "state", "last_received_at"),
 )
 
@@ -141,6 +149,39 @@ workers_table = Table(
     Column("models", Text, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+    #: When the worker process stopped cleanly (empty while it runs, or when it died).
+    Column("stopped_at", Float),
+)
+
+#: ``pacs-ai serve`` processes: each records that it is alive, like the workers, so that
+#: ``pacs-ai status`` and ``/readyz`` can tell whether the node itself is up.
+nodes_table = Table(
+    "nodes",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("host", String(128), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("ae_title", String(16), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    #: When it stopped cleanly (empty while it runs, or when it died).
+    Column("stopped_at", Float),
+)
+
+#: A destination the delivery service found misconfigured (it rejects our association
+#: permanently: calling or called AE title not recognised). The row is removed when an
+#: association with it succeeds again.
+destination_status_table = Table(
+    "destination_status",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("problem", Text, nullable=False),
+    Column("since", Float, nullable=False),
+    #: Associations tried since it was found misconfigured, and when the next one is.
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 outbox_table = Table(
@@ -231,3 +272,32 @@ job_discards_table = Table(
     Column("actor", String(128), nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+
+#: Columns added after schema 1, all nullable: :func:`add_missing_columns` adds them to
+#: an older ledger (new tables are created by ``metadata.create_all``).
+ADDED_COLUMNS: tuple[tuple[Table, str], ...] = (
+    (series_table, "receiving_since"),
+    (workers_table, "stopped_at"),
+)
+
+
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add :data:`ADDED_COLUMNS` a ledger made by an older release lacks; return them.
+
+    Runs in the caller's transaction (SQLite: one writer at a time; PostgreSQL:
+    ``IF NOT EXISTS``, so two processes starting together cannot both add a column).
+    """
+    inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    added = []
+    for table, name in ADDED_COLUMNS:
+        if name in {column["name"] for column in inspector.get_columns(table.name)}:
+            continue
+        kind = table.c[name].type.compile(dialect=conn.dialect)
+        guard = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
+        conn.execute(
+            text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {guard}{quote(name)} {kind}")
+        )
+        added.append(f"{table.name}.{name}")
+    return added

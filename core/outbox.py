@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from core.ledger import CounterKey, Ledger, add_to_counters, counter_key
-from core.ledger_schema import outbox_table
+from core.ledger_schema import destination_status_table, outbox_table
 
 
 class DeliveryState(StrEnum):
@@ -48,6 +48,19 @@ class NewItem:
     sop_class_uid: str
     path: str
     job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationProblem:
+    """A destination that rejects our association permanently (misconfigured)."""
+
+    name: str
+    #: What is wrong and what to fix, without a job id.
+    problem: str
+    since: float
+    #: Associations tried since, and when the next one is due.
+    attempts: int
+    next_attempt_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +189,17 @@ class Outbox:
         error: str,
         next_attempt_at: float | None = None,
         now: float | None = None,
+        count_attempt: bool = True,
     ) -> None:
-        """Record a failed attempt: PENDING again (with ``next_attempt_at``), DEAD or REJECTED."""
+        """Record a failed attempt: PENDING again (with ``next_attempt_at``), DEAD or REJECTED.
+
+        ``count_attempt`` false: the attempt does not use up the item's retries (its
+        destination is misconfigured and has a schedule of its own).
+        """
         at = time.time() if now is None else now
         values: dict[str, Any] = {
             "state": state.value,
-            "attempts": outbox_table.c.attempts + 1,
+            "attempts": outbox_table.c.attempts + (1 if count_attempt else 0),
             "last_status": status,
             "last_error": error,
             "updated_at": at,
@@ -214,6 +232,107 @@ class Outbox:
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_item(row) for row in rows]
+
+    def postpone(self, item_ids: Sequence[str], *, until: float) -> None:
+        """Make PENDING items due no earlier than ``until`` (their destination waits)."""
+        if not item_ids:
+            return
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.item_id.in_(list(item_ids)))
+                .where(outbox_table.c.state == DeliveryState.PENDING.value)
+                .where(outbox_table.c.next_attempt_at < until)
+                .values(next_attempt_at=until)
+            )
+
+    def retry_now(self, *, job_id: str, now: float | None = None) -> int:
+        """Make the job's PENDING items due now, and their destinations' waits end now
+        (a misconfigured destination is tried again at once); return how many items.
+
+        For a job waiting in DELIVERING: its retry schedule, or a destination found
+        misconfigured whose configuration an operator has just fixed.
+        """
+        at = time.time() if now is None else now
+        with self._engine.begin() as conn:
+            destinations = sorted(
+                conn.execute(
+                    select(outbox_table.c.destination)
+                    .where(outbox_table.c.job_id == job_id)
+                    .where(outbox_table.c.state == DeliveryState.PENDING.value)
+                    .distinct()
+                ).scalars()
+            )
+            result = conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.job_id == job_id)
+                .where(outbox_table.c.state == DeliveryState.PENDING.value)
+                .values(next_attempt_at=at)
+            )
+            if destinations:
+                conn.execute(
+                    update(destination_status_table)
+                    .where(destination_status_table.c.name.in_(destinations))
+                    .values(next_attempt_at=at, updated_at=at)
+                )
+        return int(result.rowcount)
+
+    # -- destinations found misconfigured ---------------------------------------------
+
+    def destination_problems(self) -> dict[str, DestinationProblem]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(destination_status_table)).all()
+        return {
+            row.name: DestinationProblem(
+                name=row.name,
+                problem=row.problem,
+                since=row.since,
+                attempts=row.attempts,
+                next_attempt_at=row.next_attempt_at,
+            )
+            for row in rows
+        }
+
+    def destination_misconfigured(
+        self, name: str, problem: str, *, next_attempt_at: float, now: float | None = None
+    ) -> DestinationProblem:
+        """Record that ``name`` rejected our association permanently (again)."""
+        at = time.time() if now is None else now
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(destination_status_table).where(destination_status_table.c.name == name)
+            ).first()
+            if row is None:
+                conn.execute(
+                    insert(destination_status_table).values(
+                        name=name,
+                        problem=problem,
+                        since=at,
+                        attempts=1,
+                        next_attempt_at=next_attempt_at,
+                        updated_at=at,
+                    )
+                )
+                return DestinationProblem(name, problem, at, 1, next_attempt_at)
+            conn.execute(
+                update(destination_status_table)
+                .where(destination_status_table.c.name == name)
+                .values(
+                    problem=problem,
+                    attempts=row.attempts + 1,
+                    next_attempt_at=next_attempt_at,
+                    updated_at=at,
+                )
+            )
+            return DestinationProblem(name, problem, row.since, row.attempts + 1, next_attempt_at)
+
+    def destination_works(self, name: str) -> bool:
+        """``name`` accepted an association: it is no longer misconfigured. True when it was."""
+        with self._engine.begin() as conn:
+            removed = conn.execute(
+                delete(destination_status_table).where(destination_status_table.c.name == name)
+            ).rowcount
+        return bool(removed)
 
     def summary(self, *, job_id: str) -> Counter[DeliveryState]:
         return Counter(item.state for item in self.items(job_id=job_id))

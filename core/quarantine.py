@@ -42,6 +42,9 @@ class QuarantineEntry:
 _USAGE_TTL_SECONDS = 10.0
 #: What a kept instance's bytes are called in its folder.
 INSTANCE_FILE = "instance.dcm"
+#: Stages of instances refused at the door (answered a failure status and kept aside by
+#: the node: malformed, or reusing another series' UIDs); the others are jobs' failures.
+DOOR_STAGES = frozenset({"receive", "identity"})
 
 
 class Quarantine:

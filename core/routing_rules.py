@@ -22,14 +22,39 @@ A rule says which received series go to which models and destinations, and when:
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 
-MatchScalar = str | int | float
+#: The tags of the condition union (:data:`MatchValue`), which error locations carry but
+#: users never write: :func:`core.validation.describe` leaves them out.
+MATCH_TAGS = frozenset({"match-value", "match-list", "match-condition"})
+
+
+def _scalar(value: Any) -> str | int | float:
+    # One check instead of a str | int | float union, whose failure pydantic reports
+    # once per member ("should be a valid string", "... integer", "... number").
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        # ValueError, not TypeError: pydantic reports only the former as a problem.
+        raise ValueError(f"a value to match is text or a number, got {value!r}")  # noqa: TRY004
+    return value
+
+
+MatchScalar = Annotated[str | int | float, PlainValidator(_scalar)]
 
 
 class _Section(BaseModel):
@@ -63,35 +88,51 @@ class ConditionSpec(_Section):
         return self
 
 
-#: A condition as written in the configuration: equals, one of, or a ConditionSpec.
-MatchValue = MatchScalar | list[MatchScalar] | ConditionSpec
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, dict | ConditionSpec):
+        return "match-condition"
+    return "match-list" if isinstance(value, list) else "match-value"
 
 
-def _check_keywords(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
-    for keyword in match:
-        if tag_for_keyword(keyword) is None:
-            raise ValueError(f"{keyword!r} is not a DICOM keyword (for example 'Modality')")
-        if dictionary_VR(keyword) == "SQ":
-            raise ValueError(f"{keyword!r} is a sequence; match on a top-level attribute")
-    return match
+#: A condition as written in the configuration: equals, one of, or a ConditionSpec. The
+#: form is chosen by the value's type, so that a bad one is reported once, as that form.
+MatchValue = Annotated[
+    Annotated[MatchScalar, Tag("match-value")]
+    | Annotated[list[MatchScalar], Tag("match-list")]
+    | Annotated[ConditionSpec, Tag("match-condition")],
+    Discriminator(_condition_kind),
+]
+
+
+def _check_keyword(keyword: str) -> str:
+    if tag_for_keyword(keyword) is None:
+        near = difflib.get_close_matches(keyword, list(keyword_dict), n=1, cutoff=0.75)
+        hint = f"; did you mean {near[0]!r}?" if near else " (for example 'Modality')"
+        raise ValueError(f"not a DICOM keyword{hint}")
+    if dictionary_VR(keyword) == "SQ":
+        raise ValueError("a sequence; match on a top-level attribute")
+    return keyword
+
+
+#: A key of ``match``: a DICOM keyword of a top-level attribute, each checked on its own
+#: (a misspelt one is named, with the nearest keyword, beside any bad condition).
+DicomKeyword = Annotated[str, AfterValidator(_check_keyword)]
 
 
 class SeriesCondition(_Section):
     """A study is complete early once some received series matches and is this large."""
 
-    match: dict[str, MatchValue] = {}
+    match: dict[DicomKeyword, MatchValue] = {}
     #: Images received: instances, each frame of an enhanced multi-frame instance counting
     #: as one (such a series is often a single instance).
     min_instances: Annotated[int, Field(ge=1)] = 1
-
-    _keywords = field_validator("match")(_check_keywords)
 
 
 class RouteSettings(_Section):
     """A routing rule: which series go to which models, and where results are sent."""
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    match: dict[str, MatchValue] = {}
+    match: dict[DicomKeyword, MatchValue] = {}
     calling_ae: MatchValue | None = None
     called_ae: MatchValue | None = None
     #: Sender addresses or networks, e.g. ``[10.1.2.3, 192.168.0.0/16]``; empty: any.
@@ -109,8 +150,6 @@ class RouteSettings(_Section):
     #: discards it; ``deliver_flagged`` delivers it with Series Descriptions starting
     #: ``CHECK`` and the SR saying what was out of range.
     on_implausible: Literal["hold", "deliver_flagged"] = "hold"
-
-    _keywords = field_validator("match")(_check_keywords)
 
     @field_validator("source")
     @classmethod

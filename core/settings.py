@@ -36,7 +36,7 @@ from pydantic import (
 
 from core.errors import ConfigError
 from core.output_profiles import OutputProfile
-from core.routing_rules import RouteSettings, RoutingSettings
+from core.routing_rules import MATCH_TAGS, RouteSettings, RoutingSettings
 from core.validation import describe
 
 ENV_PREFIX = "PACS_AI_"
@@ -144,6 +144,10 @@ class NodeSettings(_Section):
     """The DICOM listener (SCP)."""
 
     ae_title: AETitle = "PACSAI"
+    #: Other called AE titles the node answers to (senders configured with an old title,
+    #: say); routes may tell them apart with ``called_ae``. Any other called AE title is
+    #: rejected with "called AE title not recognized" (PS3.8 9.3.4).
+    ae_title_aliases: list[AETitle] = []
     host: str = "0.0.0.0"  # noqa: S104 -- a DICOM node listens for modalities by design
     port: Port = 11112
     #: Maximum PDU size offered to peers; large PDUs cut per-PDU overhead for big images.
@@ -187,6 +191,16 @@ class NodeSettings(_Section):
     tls: NodeTlsSettings | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("ae_title_aliases")
+    @classmethod
+    def _aliases(cls, aliases: list[str]) -> list[str]:
+        return [_check_ae_title(alias) for alias in aliases]
+
+    @property
+    def called_ae_titles(self) -> frozenset[str]:
+        """The called AE titles the node accepts: its own and its aliases."""
+        return frozenset({self.ae_title, *self.ae_title_aliases})
 
 
 class CompletionSettings(_Section):
@@ -258,6 +272,17 @@ class DeliverySettings(_Section):
     #: Seconds to wait before each retry of a transient failure; after the last one the
     #: item is dead-lettered (``pacs-ai resend JOB_ID`` sends it again).
     retry_delays: Annotated[list[PositiveSeconds], Field(min_length=0)] = [10, 30, 120, 600, 1800]
+    #: Seconds between association attempts to a destination that rejects ours
+    #: permanently (our calling or called AE title not recognised: a configuration error
+    #: on one side). The last delay repeats until an association succeeds; the jobs wait
+    #: in DELIVERING with the reason, nothing is dead-lettered, and ``pacs-ai resend
+    #: JOB_ID`` tries at once (after the configuration is fixed).
+    config_error_retry_delays: Annotated[list[PositiveSeconds], Field(min_length=1)] = [
+        300,
+        900,
+        1800,
+        3600,
+    ]
     #: How often the delivery service looks for due items.
     poll_interval_seconds: PositiveSeconds = 0.5
 
@@ -330,27 +355,32 @@ def is_loopback(host: str) -> bool:
 
 
 class MonitorUser(_Section):
-    """A person who signs in to the dashboard. Give ``password_hash`` (made with
-    ``python -m monitor.passwords``) rather than ``password`` in shared files."""
+    """A person who signs in to the dashboard, with ``password_hash`` (made with
+    ``pacs-ai users add NAME --role ROLE``). A plaintext ``password`` is refused."""
 
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s:]+$")]
     role: MonitorRole = "read-only"
     password: SecretStr | None = None
-    #: ``scrypt$N$r$p$salt$hash`` (base64), from ``python -m monitor.passwords``.
+    #: ``scrypt$N$r$p$salt$hash`` (base64), from ``pacs-ai users add NAME --role ROLE``.
     password_hash: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> MonitorUser:
-        if (self.password is None) == (self.password_hash is None):
-            raise ValueError("give exactly one of password or password_hash")
-        password = self.password.get_secret_value() if self.password else None
-        if password is not None and password != _MASKED_SECRET and len(password) < 8:
-            raise ValueError("password: at least 8 characters")
+        if self.password is not None:
+            raise ValueError(
+                f"password: plaintext passwords are not accepted; give password_hash instead "
+                f"(pacs-ai users add {self.name} --role {self.role} prints one)"
+            )
+        if self.password_hash is None:
+            raise ValueError(
+                f"password_hash: missing; pacs-ai users add {self.name} --role {self.role} "
+                "prints one"
+            )
         hashed = self.password_hash.get_secret_value() if self.password_hash else None
         if hashed is not None and hashed != _MASKED_SECRET and not _PASSWORD_HASH_RE.match(hashed):
             raise ValueError(
                 "password_hash is not of the form scrypt$N$r$p$salt$hash; make one with "
-                "python -m monitor.passwords"
+                f"pacs-ai users add {self.name} --role {self.role}"
             )
         return self
 
@@ -534,7 +564,12 @@ def validate_settings(
         settings = Settings.model_validate_json(json.dumps(raw, default=str), strict=True)
     except ValidationError as exc:
         found.extend(
-            describe(exc, Settings, sources=from_env, union_tags=frozenset({"dimse", "dicomweb"}))
+            describe(
+                exc,
+                Settings,
+                sources=from_env,
+                union_tags=frozenset({"dimse", "dicomweb"}) | MATCH_TAGS,
+            )
         )
         # Cross-references are checked by a model validator that pydantic skips while
         # fields are invalid; check them on the raw data so that one run lists them all.

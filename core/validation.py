@@ -29,7 +29,12 @@ def describe(
     """
     lines: list[str] = []
     for error in exc.errors():
-        loc = tuple(part for i, part in enumerate(error["loc"]) if i < 2 or part not in union_tags)
+        # "[key]" marks an error about a mapping's key rather than its value.
+        loc = tuple(
+            part
+            for i, part in enumerate(error["loc"])
+            if (i < 2 or part not in union_tags) and part != "[key]"
+        )
         error["loc"] = loc
         where = location(loc)
         if sources and where in sources:

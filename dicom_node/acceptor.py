@@ -5,8 +5,10 @@ connected socket, in the calling thread:
 
 1. TLS handshake when configured, then the A-ASSOCIATE-RQ (within the ACSE timeout).
    It is rejected (A-ASSOCIATE-RJ, PS3.8 9.3.4) for a caller the allow-list does not
-   know, a protocol version or application context we do not speak, or when the node
-   already serves ``max_associations`` (transient: local limit exceeded). Otherwise every
+   know, a called AE title that is neither the node's nor one of its
+   ``node.ae_title_aliases`` (permanent: called AE title not recognized), a protocol
+   version or application context we do not speak, or when the node already serves
+   ``max_associations`` (transient: local limit exceeded). Otherwise every
    storage SOP class (and Verification) is accepted in the first transfer syntax of the
    caller's proposal that we know.
 2. Messages: C-ECHO is answered at once; a C-STORE data set streams, fragment by
@@ -39,6 +41,7 @@ from dicom_node.ul.dimse import Command, CommandError, CommandField
 from dicom_node.ul.negotiation import (
     APPLICATION_CONTEXT,
     APPLICATION_CONTEXT_NOT_SUPPORTED,
+    CALLED_AE_NOT_RECOGNIZED,
     CALLING_AE_NOT_RECOGNIZED,
     LOCAL_LIMIT_EXCEEDED,
     MIN_PEER_MAX_LENGTH,
@@ -206,7 +209,7 @@ class _Association:
             logger.warning("bad association request from %s:%d: %s", self.host, self.port, exc)
             self._send_quietly(abort(AbortSource.SERVICE_PROVIDER, exc.reason))
             return
-        self.peer = Peer(request.calling_ae, self.host, self.port)
+        self.peer = Peer(request.calling_ae, self.host, self.port, request.called_ae)
         self.peer_max_pdu = request.max_length
         rejection = self._check(request)
         if rejection is not None:
@@ -216,8 +219,8 @@ class _Association:
             return
         self._serve(request)
 
-    def _check(self, request: AssociationRequest) -> Rejection | None:
-        """The reason to reject ``request``, logged; ``None`` to accept it."""
+    def _check_titles(self, request: AssociationRequest) -> Rejection | None:
+        """Why the calling or called AE title is refused (logged); ``None`` if neither is."""
         verdict = self.acceptor.access.check(request.calling_ae, self.host)
         if not verdict.allowed:
             logger.warning(
@@ -227,6 +230,22 @@ class _Association:
                 verdict.reason,
             )
             return CALLING_AE_NOT_RECOGNIZED
+        if request.called_ae not in self.settings.called_ae_titles:
+            logger.warning(
+                "rejected association from %s: called AE title %r is not this node's "
+                "(%s; node.ae_title_aliases adds others)",
+                self.peer,
+                request.called_ae,
+                ", ".join(sorted(self.settings.called_ae_titles)),
+            )
+            return CALLED_AE_NOT_RECOGNIZED
+        return None
+
+    def _check(self, request: AssociationRequest) -> Rejection | None:
+        """The reason to reject ``request``, logged; ``None`` to accept it."""
+        refused = self._check_titles(request)
+        if refused is not None:
+            return refused
         if not request.protocol_version & 0x0001:
             logger.warning(
                 "rejected association from %s: protocol version %d",

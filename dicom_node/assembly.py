@@ -8,8 +8,9 @@ DICOM has no "end of series" message, so completion is inferred (``completion`` 
   ``study_quiet_seconds`` or some ``trigger: study`` route's ``complete_when`` conditions
   are all met by received series (a CT with at least 50 instances, say);
 * a series or study still receiving ``force_complete_seconds`` after its first instance
-  is forced: ``proceed`` routes it as it is, ``discard`` records it DISCARDED (the data
-  stays in the spool until the retention policy removes it).
+  (of this sending run, for a series received again after it completed) is forced:
+  ``proceed`` routes it as it is, ``discard`` records it DISCARDED (the data stays in
+  the spool until the retention policy removes it).
 
 State lives in the ledger (arrival times per instance), so a restarted node completes a
 half-received series afterwards. Time the node was down does not count as quiet time: a
@@ -156,21 +157,23 @@ class CompletionWatcher:
             for series in self._ledger.quiet_series(last_received_before=now):
                 if series.series_instance_uid in released:
                     candidates[series.series_instance_uid] = series
-                elif now - series.first_received_at >= self.settings.force_complete_seconds:
+                elif now - series.run_started_at >= self.settings.force_complete_seconds:
+                    # From the first instance of this sending run: a series sent again
+                    # days later is not forced complete at its first new instance.
                     if self.settings.force_policy == "discard":
                         self._discard_series(series, now)
                         candidates.pop(series.series_instance_uid, None)
                     else:
                         logger.warning(
                             "series still receiving after %.0f s: forced complete",
-                            now - series.first_received_at,
+                            now - series.run_started_at,
                         )
                         candidates[series.series_instance_uid] = series
         return sorted(candidates.values(), key=lambda s: s.last_received_at)
 
     def _discard_series(self, series: SeriesRecord, now: float) -> None:
         reason = (
-            f"still receiving {now - series.first_received_at:.0f} s after its first instance: "
+            f"still receiving {now - series.run_started_at:.0f} s after its first instance: "
             "discarded by completion.force_policy (data kept until retention)"
         )
         logger.warning("series %s %s", series.series_instance_uid, reason)
@@ -206,6 +209,16 @@ class CompletionWatcher:
         )
         if not matched:
             reasons = "; ".join(f"{v.route.name}: {', '.join(v.reasons)}" for v in verdicts)
+            # Which conditions failed, by name only: the values (a series description,
+            # say) stay in the ledger, where `pacs-ai status` shows them.
+            logger.info(
+                "series %s not routed (UNROUTED): %s",
+                series.series_instance_uid,
+                "; ".join(
+                    f"rule {v.route.name}: no match on {', '.join(v.failed)}" for v in verdicts
+                )
+                or "no routes configured",
+            )
             self._ledger.set_series_state(
                 series.series_instance_uid,
                 SeriesState.UNROUTED,

@@ -61,6 +61,8 @@ class Peer:
     calling_ae: str
     address: str
     port: int
+    #: The AE title it called: the node's own or one of its aliases ("": not known yet).
+    called_ae: str = ""
 
     def __str__(self) -> str:
         return f"{self.calling_ae}@{self.address}:{self.port}"
@@ -169,7 +171,7 @@ class IncomingInstance:
                 size=stored.size,
                 received_at=self.received_at,
                 calling_ae=self._peer.calling_ae,
-                called_ae=self._store.called_ae,
+                called_ae=self._peer.called_ae or self._store.called_ae,
                 peer=f"{self._peer.address}:{self._peer.port}",
                 modality=identity.modality,
             )

@@ -27,6 +27,7 @@ from dicom_node.ul.negotiation import (
     AssociationAccepted,
     NegotiatedContext,
     ProposedContext,
+    Rejection,
     decode_associate_ac,
     decode_associate_rj,
     encode_associate_rq,
@@ -58,7 +59,9 @@ class AssociationFailedError(TransientError):
     """No association: connection refused, rejected (with :attr:`rejection`), or
     aborted or timed out during negotiation."""
 
-    def __init__(self, message: str, *, connected: bool, rejection: str = "") -> None:
+    def __init__(
+        self, message: str, *, connected: bool, rejection: Rejection | None = None
+    ) -> None:
         self.connected = connected
         self.rejection = rejection
         super().__init__(message)
@@ -189,9 +192,9 @@ class Association:
             accepted = decode_associate_ac(body, contexts)
             return cls(sock, accepted, timeout=timeout, max_pdu=max_pdu)
         if pdu_type == PduType.ASSOCIATE_RJ:
-            rejection = decode_associate_rj(body).describe()
+            rejection = decode_associate_rj(body)
             raise AssociationFailedError(
-                f"association rejected by {destination}: {rejection}",
+                f"association rejected by {destination}: {rejection.describe()}",
                 connected=True,
                 rejection=rejection,
             )

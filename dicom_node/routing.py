@@ -45,6 +45,9 @@ class Verdict:
     route: RouteSettings
     matched: bool
     reasons: tuple[str, ...]
+    #: The names of the conditions that do not hold (a keyword, ``calling AE``,
+    #: ``called AE``, ``sender``), without the values: what logs may say.
+    failed: tuple[str, ...] = ()
 
 
 class Router:
@@ -84,25 +87,33 @@ def _evaluate(route: RouteSettings, header: Dataset, arrival: Arrival | None) ->
             if condition is not None:
                 failure = check(condition, actual)
                 if failure:
-                    failures.append(f"{name} {failure}")
+                    failures.append((name, f"{name} {failure}"))
         if route.source and not _from_allowed_source(route.source, arrival.host):
-            failures.append(f"sender {arrival.host} is not in {', '.join(route.source)}")
+            failures.append(
+                ("sender", f"sender {arrival.host} is not in {', '.join(route.source)}")
+            )
     if failures:
-        return Verdict(route=route, matched=False, reasons=tuple(failures))
+        return Verdict(
+            route=route,
+            matched=False,
+            reasons=tuple(reason for _name, reason in failures),
+            failed=tuple(name for name, _reason in failures),
+        )
     return Verdict(route=route, matched=True, reasons=("all conditions hold",))
 
 
-def _keyword_failures(conditions: dict[str, MatchValue], header: Dataset) -> list[str]:
-    failures: list[str] = []
+def _keyword_failures(conditions: dict[str, MatchValue], header: Dataset) -> list[tuple[str, str]]:
+    """(keyword, why) of each condition that does not hold."""
+    failures: list[tuple[str, str]] = []
     for keyword, condition in conditions.items():
         try:
             actual = header.get(keyword)
         except Exception as exc:  # noqa: BLE001 -- pydicom raises many types for bad values
-            failures.append(f"{keyword} unreadable ({type(exc).__name__})")
+            failures.append((keyword, f"{keyword} unreadable ({type(exc).__name__})"))
             continue
         failure = check(condition, actual)
         if failure:
-            failures.append(f"{keyword} {failure}")
+            failures.append((keyword, f"{keyword} {failure}"))
     return failures
 
 

@@ -36,7 +36,12 @@ from core.settings import DestinationTlsSettings
 from dicom_node.requestor import Association, AssociationFailedError, AssociationLostError
 from dicom_node.status import Status, category, is_transient_failure
 from dicom_node.tls import client_context
-from dicom_node.ul.negotiation import NegotiatedContext, ProposedContext
+from dicom_node.ul.negotiation import (
+    NegotiatedContext,
+    ProposedContext,
+    Rejection,
+    RejectResult,
+)
 
 __all__ = ["AssociationError", "InstanceResult", "SendReport", "send_files"]
 
@@ -53,13 +58,28 @@ class AssociationError(TransientError):
     """The destination could not be reached, or rejected or aborted the association.
 
     ``report`` holds the results of the files handled before it happened (possibly none);
-    the others were not sent.
+    the others were not sent. ``rejection`` is the peer's A-ASSOCIATE-RJ, if it sent one:
+    a permanent one (:attr:`permanent`, our calling or called AE title not recognised,
+    say) is a configuration error on one side, which waiting alone does not fix.
     """
 
-    def __init__(self, message: str, *, destination: str, report: SendReport) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str,
+        report: SendReport,
+        rejection: Rejection | None = None,
+    ) -> None:
         self.destination = destination
         self.report = report
+        self.rejection = rejection
         super().__init__(message)
+
+    @property
+    def permanent(self) -> bool:
+        """The peer rejected the association permanently (PS3.8 9.3.4, result 1)."""
+        return self.rejection is not None and self.rejection.result == RejectResult.PERMANENT
 
 
 @dataclass(frozen=True)
@@ -362,7 +382,9 @@ def _send_batch(
             tls=tls,
         )
     except AssociationFailedError as exc:
-        raise AssociationError(str(exc), destination=destination, report=report()) from None
+        raise AssociationError(
+            str(exc), destination=destination, report=report(), rejection=exc.rejection
+        ) from None
     try:
         accepted: dict[str, dict[str, NegotiatedContext]] = {}
         for context in assoc.contexts:

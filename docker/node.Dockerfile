@@ -30,6 +30,9 @@ COPY docker/config.yaml /etc/pacs-ai/config.yaml
 
 USER pacsai
 ENV PACS_AI_LOGGING__FORMAT=json
+# Every pacs-ai command run in the container (docker compose exec ... pacs-ai resend ID)
+# finds the configuration without --config.
+ENV PACS_AI_CONFIG=/etc/pacs-ai/config.yaml
 VOLUME ["/var/lib/pacs-ai"]
 EXPOSE 11112 8090
 ENTRYPOINT ["pacs-ai"]

@@ -182,6 +182,37 @@ class ModelRegistry:
             folders.extend(_package_folders(directory))
         return cls(load_package(folder, check_weights=check_weights) for folder in folders)
 
+    @classmethod
+    def survey(
+        cls, extra_dirs: Iterable[Path] = (), *, check_weights: bool = True
+    ) -> tuple[ModelRegistry, list[str]]:
+        """Like :meth:`discover`, but never stops at a bad package: the valid packages,
+        and one line per problem of the others (``<manifest>: <key>: <problem>``), for
+        ``pacs-ai config check``. A package whose id an earlier one took is a problem too.
+        """
+        folders = list(_package_folders(BUILTIN_DIR))
+        problems: list[str] = []
+        for index, directory in enumerate(extra_dirs):
+            if not directory.is_dir():
+                problems.append(f"model_dirs[{index}]: {directory} is not a folder")
+                continue
+            folders.extend(_package_folders(directory))
+        packages: dict[str, ModelPackage] = {}
+        for folder in folders:
+            try:
+                package = load_package(folder, check_weights=check_weights)
+            except ConfigError as exc:
+                problems.extend(f"{exc.source}: {problem}" for problem in exc.problems)
+                continue
+            if package.id in packages:
+                problems.append(
+                    f"{folder / MANIFEST_NAME}: id: model id {package.id!r} is already "
+                    f"provided by {packages[package.id].folder}"
+                )
+                continue
+            packages[package.id] = package
+        return cls(packages.values()), problems
+
     def get(self, model_id: str) -> ModelPackage:
         try:
             return self._packages[model_id]

@@ -158,6 +158,12 @@ class JobActions:
                 f"the job ({job.state}) has no results in the outbox: it did not get as far "
                 "as delivery"
             )
+        if job.state is JobState.DELIVERING:
+            # Waiting in its retry schedule: try now (as ``pacs-ai resend`` does).
+            due = outbox.retry_now(job_id=job_id)
+            if due == 0:
+                raise ActionRefusedError("nothing is waiting for delivery: try again shortly")
+            return f"{due} result(s) to be delivered now"
         if job.state not in (JobState.FAILED, JobState.DONE):
             raise ActionRefusedError(f"the job is {job.state}: re-send once it has ended")
         again = outbox.resend(job_id=job_id)

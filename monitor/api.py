@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.html import redact
+from monitor.formatting import redact
 from monitor.readings import (
     AuditEntry,
     DestinationView,
@@ -119,6 +119,8 @@ def workers_json(workers: list[WorkerView]) -> list[dict[str, Any]]:
             "device": w.device,
             "models": list(w.models),
             "alive": w.alive,
+            "state": w.state,
+            "stopped_at": w.stopped_at,
             "started_at": w.started_at,
             "heartbeat_at": w.heartbeat_at,
             "gpu_name": w.gpu_name,
@@ -146,6 +148,10 @@ def destinations_json(views: list[DestinationView], *, identifiers: bool) -> lis
             "last_error": redact(d.last_error, show=identifiers),
             "last_error_at": d.last_error_at,
             "last_status": d.last_status,
+            "misconfigured": d.misconfigured,
+            "problem": redact(d.problem, show=identifiers),
+            "problem_since": d.problem_since,
+            "next_attempt_at": d.next_attempt_at,
         }
         for d in views
     ]

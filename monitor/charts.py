@@ -6,9 +6,11 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from monitor.html import Html, seconds, tag
+from markupsafe import Markup
+
+from monitor.formatting import seconds
 from monitor.readings import Finished
 
 WIDTH, HEIGHT = 560, 170
@@ -61,27 +63,60 @@ def buckets(finished: Sequence[Finished], *, now: float, hours: float) -> list[B
     ]
 
 
-def _frame(title: str, y_max: float, y_label: str, ticks: list[tuple[float, str]]) -> list[Html]:
+@dataclass(frozen=True, slots=True)
+class GridLine:
+    x1: str
+    x2: str
+    y: str
+    text_x: str
+    text_y: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    x: str
+    y: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A bar (``rect``) or a dot (``circle``), its label as the tooltip."""
+
+    kind: str
+    attrs: tuple[tuple[str, str], ...]
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """What ``templates/chart.html`` draws."""
+
+    id: str
+    label: str
+    title: str
+    grid: list[GridLine]
+    ticks: list[Tick]
+    marks: list[Mark] = field(default_factory=list)
+    polyline: str | None = None
+    width: int = WIDTH
+    height: int = HEIGHT
+
+
+def _frame(
+    id_: str, title: str, y_max: float, y_label: str, ticks: list[tuple[float, str]]
+) -> Chart:
     inner_h = HEIGHT - TOP - BOTTOM
-    parts = [tag("title", title)]
+    grid = []
     for fraction in (0.0, 0.5, 1.0):
         y = TOP + inner_h * (1 - fraction)
-        parts.append(
-            tag("line", x1=LEFT, x2=WIDTH - RIGHT, y1=f"{y:.1f}", y2=f"{y:.1f}", class_="grid")
+        text = y_label if fraction == 0 else _axis(y_max * fraction, y_label)
+        grid.append(
+            GridLine(str(LEFT), str(WIDTH - RIGHT), f"{y:.1f}", str(LEFT - 4), f"{y + 4:.1f}", text)
         )
-        parts.append(
-            tag(
-                "text",
-                y_label if fraction == 0 else _axis(y_max * fraction, y_label),
-                x=LEFT - 4,
-                y=f"{y + 4:.1f}",
-                class_="axis",
-                text_anchor="end",
-            )
-        )
-    for x, label in ticks:
-        parts.append(tag("text", label, x=f"{x:.1f}", y=HEIGHT - 6, class_="axis"))
-    return parts
+    marks = [Tick(f"{x:.1f}", str(HEIGHT - 6), label) for x, label in ticks]
+    return Chart(id_, title, title, grid, marks)
 
 
 def _axis(value: float, unit: str) -> str:
@@ -97,13 +132,15 @@ def _ticks(series: Sequence[Bucket], bar: float) -> list[tuple[float, str]]:
     return ticks
 
 
-def throughput_svg(series: Sequence[Bucket]) -> Html:
+def throughput_chart(series: Sequence[Bucket]) -> Chart:
     """Stacked bars: runs ended DONE (and FAILED) per time bucket."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bar = inner_w / max(1, len(series))
     peak = max([b.done + b.failed for b in series] + [1])
     y_max = float(max(4, _nice(peak)))
-    parts = _frame("Jobs finished per interval", y_max, "jobs", _ticks(series, bar))
+    chart = _frame(
+        "throughput-chart", "Jobs finished per interval", y_max, "jobs", _ticks(series, bar)
+    )
     for index, bucket in enumerate(series):
         x = LEFT + index * bar + 1
         done_h = inner_h * bucket.done / y_max
@@ -113,35 +150,42 @@ def throughput_svg(series: Sequence[Bucket]) -> Html:
         width = max(1.0, bar - 2)
         # Stacked: failed jobs on top of the done ones.
         if bucket.done:
-            parts.append(
+            chart.marks.append(
                 _bar(x, TOP + inner_h - done_h, width, done_h, label=label, class_="bar-done")
             )
         if bucket.failed:
             top = TOP + inner_h - done_h - failed_h
-            parts.append(_bar(x, top, width, failed_h, label=label, class_="bar-failed"))
-    return _svg("throughput-chart", "Jobs finished per interval", parts)
+            chart.marks.append(_bar(x, top, width, failed_h, label=label, class_="bar-failed"))
+    return chart
 
 
-def _bar(x: float, y: float, width: float, height: float, *, label: str, class_: str) -> Html:
-    """One bar of a bar chart, its ``label`` as the tooltip."""
-    return tag(
+def _bar(x: float, y: float, width: float, height: float, *, label: str, class_: str) -> Mark:
+    return Mark(
         "rect",
-        tag("title", label),
-        x=f"{x:.1f}",
-        y=f"{y:.1f}",
-        width=f"{width:.1f}",
-        height=f"{height:.1f}",
-        class_=class_,
+        (("x", f"{x:.1f}"), ("y", f"{y:.1f}"), ("width", f"{width:.1f}"),
+         ("height", f"{height:.1f}"), ("class", class_)),
+        label,
+    )  # fmt: skip
+
+
+def _dot(x: float, y: float, radius: float, label: str, class_: str) -> Mark:
+    return Mark(
+        "circle",
+        (("cx", f"{x:.1f}"), ("cy", f"{y:.1f}"), ("r", f"{radius:g}"), ("class", class_)),
+        label,
     )
 
 
-def turnaround_svg(series: Sequence[Bucket]) -> Html:
+def turnaround_chart(series: Sequence[Bucket]) -> Chart:
     """Median (line) and 90th percentile (dots) turnaround per time bucket."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bar = inner_w / max(1, len(series))
     peak = max([b.p90 or 0.0 for b in series] + [1.0])
     y_max = _nice(peak)
-    parts = _frame("Turnaround: last image to results in the PACS", y_max, "s", _ticks(series, bar))
+    chart = _frame(
+        "turnaround-chart", "Turnaround: last image to results in the PACS", y_max, "s",
+        _ticks(series, bar),
+    )  # fmt: skip
     points = []
     for index, bucket in enumerate(series):
         median, p90 = bucket.median, bucket.p90
@@ -155,36 +199,27 @@ def turnaround_svg(series: Sequence[Bucket]) -> Html:
             f"{seconds(median)}, 90th percentile {seconds(p90)}, {len(bucket.turnarounds)} jobs"
         )
         points.append(f"{x:.1f},{y_median:.1f}")
-        parts.append(
-            tag(
-                "circle", tag("title", label), cx=f"{x:.1f}", cy=f"{y_p90:.1f}", r=2.5, class_="p90"
-            )
-        )
-        parts.append(
-            tag(
-                "circle",
-                tag("title", label),
-                cx=f"{x:.1f}",
-                cy=f"{y_median:.1f}",
-                r=3,
-                class_="median",
-            )
-        )
+        chart.marks.append(_dot(x, y_p90, 2.5, label, "p90"))
+        chart.marks.append(_dot(x, y_median, 3, label, "median"))
     if len(points) > 1:
-        parts.insert(1, tag("polyline", points=" ".join(points), class_="median-line"))
-    return _svg("turnaround-chart", "Turnaround per interval", parts)
+        return replace(chart, label="Turnaround per interval", polyline=" ".join(points))
+    return replace(chart, label="Turnaround per interval")
 
 
-def _svg(id_: str, label: str, parts: list[Html]) -> Html:
-    return tag(
-        "svg",
-        *parts,
-        id=id_,
-        viewBox=f"0 0 {WIDTH} {HEIGHT}",
-        role="img",
-        xmlns="http://www.w3.org/2000/svg",
-        aria_label=label,
-    )
+def throughput_svg(series: Sequence[Bucket]) -> Markup:
+    """The throughput chart as SVG markup (rendered by the Jinja2 template, escaped)."""
+    return _render(throughput_chart(series))
+
+
+def turnaround_svg(series: Sequence[Bucket]) -> Markup:
+    """The turnaround chart as SVG markup (rendered by the Jinja2 template, escaped)."""
+    return _render(turnaround_chart(series))
+
+
+def _render(chart: Chart) -> Markup:
+    from monitor.web.common import ENVIRONMENT  # noqa: PLC0415 -- the web package imports us
+
+    return Markup(ENVIRONMENT.get_template("chart.html").render(c=chart))  # noqa: S704 -- autoescaped
 
 
 def _nice(value: float) -> float:

@@ -8,6 +8,9 @@ Ready means all of:
   (below it the node answers Out of Resources);
 * ``workers``: every model that a route names is served by at least one worker whose
   heartbeat is younger than ``worker.lost_after_seconds``.
+
+``pacs-ai status`` adds ``node`` (:func:`node_check`): a ``pacs-ai serve`` process whose
+heartbeat is younger than ``worker.lost_after_seconds`` and that has not stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import TransientError
+from core.presence import Presence, node_state
 from monitor.readings import Readings
 
 
@@ -33,6 +37,19 @@ def readiness(readings: Readings) -> list[Check]:
     checks = [_broker(readings), _ledger(readings), _disk(readings)]
     checks.append(_workers(readings) if checks[1].ok else Check("workers", False, "no ledger"))
     return checks
+
+
+def node_check(readings: Readings) -> Check:
+    """``node``: a ``pacs-ai serve`` process records its heartbeat (for ``pacs-ai status``,
+    which runs elsewhere; inside the node the answer is the node itself)."""
+    try:
+        nodes = Presence(readings.ledger).nodes()
+    except SQLAlchemyError as exc:
+        return Check("node", False, f"cannot read its heartbeat: {type(exc).__name__}")
+    state = node_state(
+        nodes, now=readings.now(), lost_after=readings.settings.worker.lost_after_seconds
+    )
+    return Check("node", state.up, state.detail)
 
 
 def _broker(readings: Readings) -> Check:

@@ -10,12 +10,15 @@ received_bytes_total               counter: their bytes, by calling AE and SOP c
 node_associations_total            counter: associations accepted/rejected (this node)
 node_instances_total               counter: stored/quarantined/refused (this node)
 jobs                               gauge: jobs by state (DISCARDED included) and model
+series                             gauge: series by state (UNROUTED: no rule matched)
 stage_duration_seconds             histogram: per stage and model, of runs that ended DONE
 turnaround_seconds                 histogram: last image -> results accepted, per model
                                    and route
 delivery_attempts_total            counter: C-STORE / STOW-RS attempts per destination
 delivery_failures_total            counter: failed attempts per destination
 outbox_items                       gauge: PENDING, DEAD, REJECTED items per destination
+destination_misconfigured          gauge: 1 while a destination rejects our association
+                                   permanently (our or its AE title not recognised)
 queue_depth                        gauge: messages waiting per queue and priority
 queue_oldest_age_seconds           gauge: age of the longest-waiting job per queue/priority
 queue_unacked                      gauge: messages taken by a worker, not yet acknowledged
@@ -25,7 +28,9 @@ worker_heartbeat_age_seconds       gauge
 worker_jobs_done_total             counter: jobs a worker process finished
 worker_gpu_memory_used_bytes       gauge (GPU workers), and ..._total_bytes
 worker_gpu_utilisation_ratio       gauge, where NVML tells
-quarantine_records                 gauge: by stage
+quarantine_records                 gauge: by stage (receive, identity: refused at the door)
+node_up                            gauge: 1 while a pacs-ai serve process's heartbeat is
+                                   fresh (any node sharing the ledger)
 spool_disk_{total,used,free}_bytes gauge, and spool_disk_reserve_bytes
 scrape_errors                      gauge: 1 for a part that could not be read this time
 ================================== ======================================================
@@ -59,7 +64,7 @@ from prometheus_client.registry import Collector
 from pydicom.uid import UID
 from sqlalchemy import func, select
 
-from core.jobs import JobState
+from core.jobs import JobState, SeriesState
 from core.ledger_schema import (
     job_events_table,
     jobs_table,
@@ -67,6 +72,7 @@ from core.ledger_schema import (
     quarantine_table,
     series_table,
 )
+from monitor.health import node_check
 from monitor.readings import DISPLAY_STATES, Readings, events_of
 from monitor.timeline import STAGES, Delivery, stage_times
 
@@ -203,10 +209,12 @@ class LedgerCollector(Collector):
             ("counters", self._counters),
             ("node", self._node),
             ("jobs", self._jobs),
+            ("series", self._series),
             ("histograms", self._histograms),
             ("outbox", self._outbox),
             ("queues", self._queues),
             ("workers", self._workers),
+            ("nodes", self._nodes),
             ("quarantine", self._quarantine),
             ("disk", self._disk),
         ]
@@ -288,6 +296,31 @@ class LedgerCollector(Collector):
                 family.add_metric([state, model], float(counts.get((state, model), 0)))
         return [family]
 
+    def _series(self) -> list[Metric]:
+        family = GaugeMetricFamily(
+            "pacs_ai_series",
+            "Received series by state (UNROUTED: no routing rule matched)",
+            labels=["state"],
+        )
+        with self.readings.ledger.engine.connect() as conn:
+            counts = {
+                str(state): int(count)
+                for state, count in conn.execute(
+                    select(series_table.c.state, func.count()).group_by(series_table.c.state)
+                )
+            }
+        for state in SeriesState:
+            family.add_metric([state.value], float(counts.get(state.value, 0)))
+        return [family]
+
+    def _nodes(self) -> list[Metric]:
+        family = GaugeMetricFamily(
+            "pacs_ai_node_up", "1 while a pacs-ai serve process's heartbeat is fresh"
+        )
+        check = node_check(self.readings)
+        family.add_metric([], 1.0 if check.ok else 0.0)
+        return [family]
+
     def _histograms(self) -> list[Metric]:
         self.runs.update()
         stages = HistogramMetricFamily(
@@ -314,11 +347,17 @@ class LedgerCollector(Collector):
             "Outbox items waiting (PENDING) or given up on (DEAD, REJECTED), per destination",
             labels=["destination", "state"],
         )
+        misconfigured = GaugeMetricFamily(
+            "pacs_ai_destination_misconfigured",
+            "1 while the destination rejects our association permanently (AE title)",
+            labels=["destination"],
+        )
         for view in self.readings.destinations():
             family.add_metric([view.name, "PENDING"], float(view.backlog))
             family.add_metric([view.name, "DEAD"], float(view.dead))
             family.add_metric([view.name, "REJECTED"], float(view.rejected))
-        return [family]
+            misconfigured.add_metric([view.name], 1.0 if view.misconfigured else 0.0)
+        return [family, misconfigured]
 
     def _queues(self) -> list[Metric]:
         up = GaugeMetricFamily("pacs_ai_broker_up", "1 when the broker answered this scrape")

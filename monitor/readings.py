@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import dcmread
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Connection
 
 from core.errors import TransientError
@@ -50,8 +50,10 @@ logger = logging.getLogger(__name__)
 DISCARDED = "DISCARDED"
 #: Every state a job is shown in, in the order of its life.
 DISPLAY_STATES: tuple[str, ...] = (*(s.value for s in JobState), DISCARDED)
-#: Workers silent longer than this are no longer listed.
+#: Workers silent longer than this are no longer listed ...
 WORKERS_FORGOTTEN_AFTER = 3600.0
+#: ... and those that stopped cleanly after this long.
+STOPPED_WORKERS_FORGOTTEN_AFTER = 86_400.0
 
 _QUEUE_PREFIX = model_queue("")
 
@@ -138,6 +140,15 @@ class WorkerView:
     current_job: str | None = None
     current_job_since: float | None = None
     jobs_done: int = 0
+    #: When the worker process stopped cleanly; ``None`` while it runs (or if it died).
+    stopped_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``alive``, ``stopped`` (cleanly) or ``silent`` (no heartbeat: died or hung)."""
+        if self.stopped_at is not None:
+            return "stopped"
+        return "alive" if self.alive else "silent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +164,15 @@ class DestinationView:
     last_error: str | None
     last_error_at: float | None
     last_status: int | None
+    #: It rejects our association permanently (a configuration error): what to fix, since
+    #: when, and when it is tried again; ``None`` when it is not misconfigured.
+    problem: str | None = None
+    problem_since: float | None = None
+    next_attempt_at: float | None = None
+
+    @property
+    def misconfigured(self) -> bool:
+        return self.problem is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,9 +449,11 @@ class Readings:
         return QueuesReading(views, unacked, waiting)
 
     def workers(self) -> list[WorkerView]:
-        """Workers heard from in the last hour, alive ones first."""
+        """Workers heard from in the last hour and those stopped cleanly in the last day,
+        alive ones first."""
         now = self.now()
         lost_after = self.settings.worker.lost_after_seconds
+        stopped_at = workers_table.c.stopped_at
         query = (
             select(workers_table, worker_status_table)
             .select_from(
@@ -439,7 +461,15 @@ class Readings:
                     worker_status_table, worker_status_table.c.name == workers_table.c.name
                 )
             )
-            .where(workers_table.c.heartbeat_at >= now - WORKERS_FORGOTTEN_AFTER)
+            .where(
+                or_(
+                    and_(
+                        stopped_at.is_(None),
+                        workers_table.c.heartbeat_at >= now - WORKERS_FORGOTTEN_AFTER,
+                    ),
+                    stopped_at >= now - STOPPED_WORKERS_FORGOTTEN_AFTER,
+                )
+            )
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
@@ -452,7 +482,8 @@ class Readings:
                 models=tuple(json.loads(row[workers_table.c.models])),
                 started_at=row[workers_table.c.started_at],
                 heartbeat_at=row[workers_table.c.heartbeat_at],
-                alive=row[workers_table.c.heartbeat_at] >= now - lost_after,
+                alive=row[workers_table.c.heartbeat_at] >= now - lost_after
+                and row[stopped_at] is None,
                 gpu_name=row[worker_status_table.c.gpu_name],
                 gpu_memory_used=row[worker_status_table.c.gpu_memory_used],
                 gpu_memory_total=row[worker_status_table.c.gpu_memory_total],
@@ -460,6 +491,7 @@ class Readings:
                 current_job=row[worker_status_table.c.current_job],
                 current_job_since=row[worker_status_table.c.current_job_since],
                 jobs_done=row[worker_status_table.c.jobs_done] or 0,
+                stopped_at=row[stopped_at],
             )
             for row in rows
         ]
@@ -472,6 +504,9 @@ class Readings:
     def destinations(self) -> list[DestinationView]:
         """Outbox backlog, last success and last error per destination."""
         open_states = ("PENDING", "DEAD", "REJECTED")
+        # Read before the connection below: with SQLite every transaction takes the write
+        # lock at BEGIN, so a second connection inside it would wait for the first.
+        problems = Outbox(self.ledger).destination_problems()
         with self._engine.connect() as conn:
             counts: dict[tuple[str, str], int] = {
                 (str(d), str(s)): int(n)
@@ -490,7 +525,9 @@ class Readings:
                 )
                 if at is not None
             }
-            names = sorted(set(self.settings.destinations) | {d for d, _s in counts})
+            names = sorted(
+                set(self.settings.destinations) | {d for d, _s in counts} | set(problems)
+            )
             errors = {}
             for name in names:
                 errors[name] = conn.execute(
@@ -515,6 +552,7 @@ class Readings:
             else:
                 kind, address = "unknown", "(no longer configured)"
             error = errors.get(name)
+            problem = problems.get(name)
             views.append(
                 DestinationView(
                     name=name,
@@ -527,6 +565,9 @@ class Readings:
                     last_error=error.last_error if error is not None else None,
                     last_error_at=error.updated_at if error is not None else None,
                     last_status=error.last_status if error is not None else None,
+                    problem=problem.problem if problem is not None else None,
+                    problem_since=problem.since if problem is not None else None,
+                    next_attempt_at=problem.next_attempt_at if problem is not None else None,
                 )
             )
         return views

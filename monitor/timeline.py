@@ -9,13 +9,18 @@ continues the run (DONE/FAILED -> DELIVERING -> DONE).
 ========== =========================================================================
 stage      from -> to
 ========== =========================================================================
-receive    first image of the series received -> last image received
+receive    first image of the sending run received -> last image received
 complete   last image received -> the first READY after it (quiet period, routing)
 queue      READY (of the run) -> first RUNNING (waiting in the broker for a worker)
 infer      first RUNNING -> DELIVERING (read, model, SEG/SR written; retries included)
 deliver    DELIVERING -> results accepted by every destination
 turnaround last image received -> results accepted by the PACS
 ========== =========================================================================
+
+A *sending run* is what completed the series this time: the instances received since it
+last completed (the ledger records a RECEIVING event at the run's first instance), so a
+series sent again an hour later shows the seconds of its second sending, not an hour.
+``first_received`` is the fallback for jobs recorded before these events existed.
 
 "Results accepted" is the ``sent_at`` of the job's last outbox item to be stored (the
 destination answered Success); a job without destinations has no deliver stage and no
@@ -117,6 +122,11 @@ def stage_times(
         if event.state != JobState.RECEIVING:
             previous = event.state
     run = transitions[start:]
+    # The run's own sending run: the ledger records a RECEIVING event at the first
+    # instance of each run that completed the series (a re-sent series starts anew).
+    run_received = [e.at for e in transitions[:start] if e.state == JobState.RECEIVING]
+    if run_received:
+        first_received = run_received[-1]
 
     def first(state: JobState) -> float | None:
         return next((e.at for e in run if e.state == state), None)

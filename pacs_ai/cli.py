@@ -20,6 +20,7 @@ from core.errors import ConfigError, PacsAiError
 from core.settings import Settings, load_settings
 from pacs_ai.operations import resend, routes
 from pacs_ai.review import discard, release
+from pacs_ai.users import users
 
 CONFIG_HELP = "Configuration file (YAML). Environment: PACS_AI_CONFIG."
 
@@ -39,7 +40,8 @@ def _setup_logging(settings: Settings, level: str | None = None) -> None:
     # Python warnings (pydicom reports lenient-reading problems as warnings) are logged
     # too, without their text above DEBUG (core.library_logs).
     configure_logging(level or settings.logging.level, settings.logging.format)
-    for name in settings.ignored_environment:
+    # PACS_AI_CONFIG is the CLI's own (the file to read), not a setting: no warning.
+    for name in (n for n in settings.ignored_environment if n != "PACS_AI_CONFIG"):
         logging.getLogger("pacs_ai").warning(
             "ignoring environment variable %s: it names no setting", name
         )
@@ -131,27 +133,39 @@ def config_group() -> None:
 
 
 @config_group.command(name="check")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def config_check(file: Path) -> None:
-    """Validate FILE and report every problem at once, naming the key.
+@click.argument(
+    "file",
+    required=False,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="PACS_AI_CONFIG",
+)
+def config_check(file: Path | None) -> None:
+    """Validate FILE (default: $PACS_AI_CONFIG) and its model packages, and report
+    every problem at once, one line each, naming the key.
 
-    Also lists what each route's models accept (from their manifests), with a warning
-    for a route whose every series its model would refuse (recorded NOT_APPLICABLE).
+    Also lists what each route's models accept (from their manifests), with warnings
+    for routes that would send series their model refuses (recorded NOT_APPLICABLE) or
+    that no called AE title the node accepts can reach. Exits 1 when there are problems.
     """
-    from dicom_node.node import check_routes_against_models  # noqa: PLC0415
-    from models.registry import ModelRegistry  # noqa: PLC0415
-    from models.route_acceptance import routes_report  # noqa: PLC0415
+    from pacs_ai.config_check import check_config  # noqa: PLC0415
 
-    settings = _load(file)
-    try:
-        registry = ModelRegistry.discover(settings.model_dirs)
-        check_routes_against_models(settings, registry.ids)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    if file is None:
+        raise click.UsageError("give the configuration FILE, or set PACS_AI_CONFIG")
+    report = check_config(file)
+    for warning in report.warnings:
+        click.echo(f"  warning: {warning}")
+    if not report.ok:
+        count = len(report.problems)
+        lines = "\n".join(f"  - {problem}" for problem in report.problems)
+        raise click.ClickException(f"{file}: {count} problem{'s' if count != 1 else ''}:\n{lines}")
+    settings, registry = report.settings, report.registry
+    assert settings is not None and registry is not None
     broker = settings.broker_url or f"embedded Redis under {settings.data_dir}"
+    aliases = ", ".join(settings.node.ae_title_aliases)
     click.echo(f"{file}: OK")
     click.echo(
         f"  node        {settings.node.ae_title} on {settings.node.host}:{settings.node.port}"
+        + (f" (also answers to {aliases})" if aliases else "")
     )
     click.echo(f"  data_dir    {settings.data_dir}")
     click.echo(f"  broker      {broker}")
@@ -161,11 +175,8 @@ def config_check(file: Path) -> None:
         f"  routes      {', '.join(r.name for r in settings.routes) or 'none (receive only)'}"
     )
     click.echo(f"  destinations {', '.join(settings.destinations) or 'none'}")
-    accepted, warnings = routes_report(settings.routes, registry)
-    for line in accepted:
+    for line in report.accepted:
         click.echo(f"  {line}")
-    for warning in warnings:
-        click.echo(f"  warning: {warning}")
 
 
 @main.command()
@@ -183,11 +194,14 @@ def config_check(file: Path) -> None:
     help="Only jobs in this state (repeatable).",
 )  # fmt: skip
 def status(config: Path | None, as_json: bool, limit: int, states: tuple[str, ...]) -> None:
-    """Show what the dashboard shows: readiness, jobs by state, queues, workers,
-    destinations and recent jobs with their stage times, from the ledger and the broker.
+    """Show what the dashboard shows: whether the node is up (its heartbeat), readiness,
+    jobs by state, queues, workers, destinations (misconfigured ones marked) and recent
+    jobs with their stage times, then what was set aside: series no route matched (each
+    rule's reason), NOT_APPLICABLE jobs, instances refused at the door, quarantined ones.
 
     --json prints each job's id, state, route, model, stage timestamps (epoch seconds),
-    durations and turnaround, as the dashboard's /api/jobs does.
+    durations and turnaround, as the dashboard's /api/jobs does. Exits 1 when not ready
+    (the node not running, no live worker for a routed model, broker or ledger away).
     """
     from monitor.terminal import render_text, status_data  # noqa: PLC0415
 
@@ -197,6 +211,8 @@ def status(config: Path | None, as_json: bool, limit: int, states: tuple[str, ..
     except PacsAiError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+    if not data["ready"]:
+        sys.exit(1)
 
 
 @main.group()
@@ -210,7 +226,7 @@ def models_list(config: Path | None) -> None:
     """List installed model packages."""
     from models.registry import ModelRegistry  # noqa: PLC0415
 
-    settings = _load(config) if config else Settings()
+    settings = _load(config)
     try:
         registry = ModelRegistry.discover(settings.model_dirs)
     except ConfigError as exc:
@@ -246,7 +262,7 @@ def models_verify(
     from models.engine_cache import default_engine_dir  # noqa: PLC0415
     from models.registry import ModelRegistry  # noqa: PLC0415
 
-    settings = _load(config) if config else Settings()
+    settings = _load(config)
     targets: list[Any] = list(package_dirs)
     if model_ids or not package_dirs:
         try:
@@ -311,7 +327,7 @@ def models_build_engine(config: Path | None, model_ids: tuple[str, ...], gpu: in
     from inference.engines import build_engines  # noqa: PLC0415
     from models.registry import ModelRegistry  # noqa: PLC0415
 
-    settings = _load(config) if config else Settings()
+    settings = _load(config)
     try:
         registry = ModelRegistry.discover(settings.model_dirs)
         packages = [registry.get(m) for m in model_ids] if model_ids else list(registry)
@@ -406,3 +422,4 @@ main.add_command(routes)
 main.add_command(resend)
 main.add_command(release)
 main.add_command(discard)
+main.add_command(users)

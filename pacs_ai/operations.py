@@ -1,39 +1,73 @@
-"""Operator commands: ``pacs-ai routes test`` and ``pacs-ai resend``."""
+"""Operator commands: ``pacs-ai routes test`` and ``pacs-ai resend``.
+
+Every command takes its configuration from ``--config``, else from the environment
+variable ``PACS_AI_CONFIG``, else the defaults (the ledger under the default data_dir),
+and a job by its whole id or the first characters ``pacs-ai status`` shows.
+"""
 
 from __future__ import annotations
 
 import getpass
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
-from core.ledger import Ledger, UnknownJobError
+from core.jobs import JobState
+from core.ledger import AmbiguousJobIdError, Ledger, UnknownJobError
+from core.outbox import Outbox
 from core.routing_rules import RouteSettings
 from core.settings import Settings, load_settings
 from dicom_node.routing import Arrival, Router
 from models.acceptance import facts_from_files, needs_geometry, refusals
 from models.registry import ModelRegistry
 
+if TYPE_CHECKING:
+    from monitor.actions import JobActions
+    from monitor.auth import Principal
+
 CONFIG = click.option(
     "--config",
     "config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="PACS_AI_CONFIG",
-    required=True,
-    help="Configuration file (YAML). Environment: PACS_AI_CONFIG.",
+    help="Configuration file (YAML). Default: $PACS_AI_CONFIG, else the defaults.",
 )
 
 
-def _settings(config: Path) -> Settings:
+def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def resolve_job(ledger: Ledger, job: str, *, config: Path | None) -> str:
+    """The full id of the job ``job`` names (its id, or a unique start of it).
+
+    Raises:
+        click.ClickException: no job, or several, start with it (they are listed).
+    """
+    try:
+        return ledger.resolve_job_id(job)
+    except AmbiguousJobIdError as exc:
+        raise click.ClickException(str(exc)) from None
+    except UnknownJobError as exc:
+        where = ""
+        if str(exc).startswith("no job"):
+            where = f" ({make_url(ledger.url).render_as_string(hide_password=True)})"
+            if config is None:
+                where += (
+                    "; no --config given and PACS_AI_CONFIG is not set, so this is the "
+                    "default ledger: give the configuration `pacs-ai serve` runs with"
+                )
+        raise click.ClickException(f"{exc}{where}") from None
 
 
 @click.group()
@@ -50,7 +84,11 @@ def routes() -> None:
 )
 @click.option("--source", default="", help="Pretend they came from this IP address.")
 def routes_test(
-    config: Path, paths: tuple[Path, ...], calling_ae: str, called_ae: str | None, source: str
+    config: Path | None,
+    paths: tuple[Path, ...],
+    calling_ae: str,
+    called_ae: str | None,
+    source: str,
 ) -> None:
     """Show, per series in PATHS, which rule matches and why the others do not, and
     whether each model of the matching rules accepts the series (from its headers, as the
@@ -102,9 +140,12 @@ def routes_test(
 @click.command()
 @CONFIG
 @click.argument("job_id")
-def resend(config: Path, job_id: str) -> None:
-    """Send a job's undelivered results again (dead-lettered or refused items).
+def resend(config: Path | None, job_id: str) -> None:
+    """Send a job's undelivered results again: dead-lettered or refused items of a
+    FAILED or DONE job, or, for a job waiting in DELIVERING (its retry schedule, or a
+    destination found misconfigured whose configuration you fixed), at once.
 
+    JOB_ID is the whole id or its first characters (the 8 that `pacs-ai status` shows).
     The same action as the dashboard's "re-send", audit-logged as done from the command
     line by the user running it.
     """
@@ -116,12 +157,34 @@ def resend(config: Path, job_id: str) -> None:
     ledger.create_schema()
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
-        result = JobActions(ledger).perform("resend", job_id, operator)
+        full_id = resolve_job(ledger, job_id, config=config)
+        actions = JobActions(ledger)
+        if ledger.get_job(full_id).state == JobState.DELIVERING:
+            message = _deliver_now(ledger, actions, full_id, operator)
+        else:
+            message = actions.perform("resend", full_id, operator).message
+            # A destination found misconfigured waits on its own schedule: the operator
+            # resending has fixed it, so it is tried at once too.
+            Outbox(ledger).retry_now(job_id=full_id)
+            message += "; the node sends them"
     except (UnknownJobError, ActionRefusedError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         ledger.close()
-    click.echo(f"job {job_id}: {result.message}; the node sends them")
+    click.echo(f"job {full_id}: {message}")
+
+
+def _deliver_now(ledger: Ledger, actions: JobActions, job_id: str, operator: Principal) -> str:
+    """A job waiting in DELIVERING: its pending results are due now (audited)."""
+    from monitor.actions import ActionRefusedError  # noqa: PLC0415
+
+    again = Outbox(ledger).retry_now(job_id=job_id)
+    if again == 0:
+        why = "the job is DELIVERING with no result waiting: the node is sending them now"
+        actions.audit(operator, "resend", job_id, "refused", detail={"why": why})
+        raise ActionRefusedError(why)
+    actions.audit(operator, "resend", job_id, "ok", detail={"result": f"{again} due now"})
+    return f"{again} result(s) due now; the node tries their destinations at once"
 
 
 def _acceptance(

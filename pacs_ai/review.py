@@ -15,10 +15,11 @@ import click
 from core.errors import ConfigError
 from core.ledger import Ledger, UnknownJobError
 from core.settings import load_settings
-from pacs_ai.operations import CONFIG
+from pacs_ai.operations import CONFIG, resolve_job
 
 
-def _perform(config: Path, action: str, job_id: str, *, reason: str = "") -> str:
+def _perform(config: Path | None, action: str, job_id: str, *, reason: str = "") -> str:
+    """Do ``action`` on the job ``job_id`` names; "job <full id>: <what happened>"."""
     from monitor.actions import ActionRefusedError, JobActions  # noqa: PLC0415
     from monitor.auth import Principal  # noqa: PLC0415
 
@@ -30,33 +31,35 @@ def _perform(config: Path, action: str, job_id: str, *, reason: str = "") -> str
     ledger.create_schema()
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
-        return JobActions(ledger).perform(action, job_id, operator, reason=reason).message
+        full_id = resolve_job(ledger, job_id, config=config)
+        done = JobActions(ledger).perform(action, full_id, operator, reason=reason).message
     except (UnknownJobError, ActionRefusedError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         ledger.close()
+    return f"job {full_id}: {done}"
 
 
 @click.command()
 @CONFIG
 @click.argument("job_id")
-def release(config: Path, job_id: str) -> None:
+def release(config: Path | None, job_id: str) -> None:
     """Deliver a result held for review (NEEDS_REVIEW) as it is.
 
     Its result objects, written when the job ran, go to the job's destinations; the node
-    sends them and the job ends DONE.
+    sends them and the job ends DONE. JOB_ID is the whole id or its first characters.
     """
-    click.echo(f"job {job_id}: {_perform(config, 'release', job_id)}")
+    click.echo(_perform(config, "release", job_id))
 
 
 @click.command()
 @CONFIG
 @click.argument("job_id")
 @click.option("--reason", required=True, help="Why the job is discarded (recorded).")
-def discard(config: Path, job_id: str, reason: str) -> None:
+def discard(config: Path | None, job_id: str, reason: str) -> None:
     """Discard a job held for review (NEEDS_REVIEW), failed, or not yet running.
 
     A held result is never delivered; the job ends FAILED, shown as DISCARDED, with the
-    reason. Its series stays in the spool.
+    reason. Its series stays in the spool. JOB_ID is the whole id or its first characters.
     """
-    click.echo(f"job {job_id}: {_perform(config, 'discard', job_id, reason=reason)}")
+    click.echo(_perform(config, "discard", job_id, reason=reason))

@@ -2,6 +2,7 @@
 
 * the embedded Redis, when no ``broker_url`` is configured;
 * the :class:`~dicom_node.node.Node`: listener, spool, ledger recorder, completion watcher;
+* the node's heartbeat in the ledger (:mod:`core.presence`), for ``pacs-ai status``;
 * the delivery service (outbox -> destinations, retry schedule, dead letters);
 * the reconciler (the broker made to agree with the ledger);
 * the retention sweeper;
@@ -17,11 +18,12 @@ import logging
 from types import TracebackType
 
 from core.broker import EmbeddedRedis, uses_embedded_broker
+from core.presence import NodeHeartbeat
 from core.queue import BrokerInspector, JobQueue
 from core.settings import Settings
 from dicom_node.node import Node
 from dicom_node.retention import RetentionSweeper
-from monitor.server import MonitorServer
+from monitor.web.server import MonitorServer
 from workers.delivery import DeliveryService
 from workers.reconciler import Reconciler
 
@@ -37,6 +39,7 @@ class Service:
         self.reconciler: Reconciler | None = None
         self.retention: RetentionSweeper | None = None
         self.monitor: MonitorServer | None = None
+        self.heartbeat: NodeHeartbeat | None = None
 
     def start(self) -> None:
         """Start everything; on a failure, stop what was started and re-raise."""
@@ -45,6 +48,15 @@ class Service:
                 self.broker.start()
             self.node = Node(self.settings)
             self.node.start()
+            node = self.node
+            # `pacs-ai status` elsewhere tells from it whether the node is up.
+            self.heartbeat = NodeHeartbeat(
+                node.ledger,
+                ae_title=self.settings.node.ae_title,
+                port=lambda: node.port,
+                interval=self.settings.worker.heartbeat_seconds,
+            )
+            self.heartbeat.start()
             self.delivery = DeliveryService(self.settings, self.node.ledger)
             self.delivery.start()
             self.reconciler = Reconciler(
@@ -73,6 +85,9 @@ class Service:
         for part in (self.monitor, self.retention, self.reconciler, self.delivery):
             if part is not None:
                 part.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
         if self.node is not None:
             self.node.stop()
         if self.broker is not None:

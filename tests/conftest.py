@@ -35,17 +35,47 @@ def shared_data_root() -> Path:
     return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
 
 
+#: In every skip for missing shared material: the summary counts them by it.
+SHARED_MATERIAL_MISSING = "Put the shared test material in ../shared/data"
+
+
 def require(path: Path, what: str) -> Path:
     """Return ``path`` if it exists; otherwise skip (locally) or fail (in CI)."""
     if path.exists():
         return path
     message = (
-        f"{what} not found at {path}. Put the shared test material in ../shared/data "
-        "or set PACS_AI_SHARED_DATA to its folder."
+        f"{what} not found at {path}. {SHARED_MATERIAL_MISSING} "
+        "or set PACS_AI_SHARED_DATA to its folder (README.md, 'Test material')."
     )
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def pytest_report_header() -> str:
+    root = shared_data_root()
+    if root.is_dir():
+        return f"shared test material: {root}"
+    return (
+        f"shared test material: MISSING at {root}: the tests that need it will skip "
+        "(README.md, 'Test material'; or set PACS_AI_SHARED_DATA)"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests skipped because the shared test material is missing."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if SHARED_MATERIAL_MISSING in str(report.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_sep("=", "shared test material missing", yellow=True)
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped: no shared test material at {shared_data_root()}. "
+            "README.md, 'Test material', says where it comes from; put it there or set "
+            "PACS_AI_SHARED_DATA to its folder."
+        )
 
 
 @pytest.fixture(scope="session")

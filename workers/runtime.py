@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from core.errors import ConfigError
 from core.ledger import Ledger, WorkerStatus
 from core.periodic import Periodic
+from core.presence import Presence
 from core.quarantine import Quarantine
 from core.settings import Settings
 from models.engine_cache import default_engine_dir
@@ -169,7 +170,14 @@ class WorkerRuntime:
             logger.warning("could not record the worker status now", exc_info=True)
 
     def close(self) -> None:
+        """Stop the heartbeat, record a clean stop (shown as stopped, not silent), and
+        release the models."""
         self._heartbeat.stop(timeout=5)
+        try:
+            Presence(self.ledger).worker_stopped(self.identity)
+        except Exception:
+            # The ledger is away at shutdown: the heartbeat simply ages (shown as silent).
+            logger.warning("could not record that the worker stopped", exc_info=True)
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()

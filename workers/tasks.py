@@ -6,7 +6,12 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from pydantic import ValidationError
 
 from core.messages import RUN_JOB_TASK, RunJobMessage
@@ -74,3 +79,9 @@ def register_tasks(app: Celery) -> None:
         if _Process.runtime is not None:
             _Process.runtime.close()
             _Process.runtime = None
+
+    @worker_shutdown.connect(weak=False)
+    def _close_solo(**_kwargs: Any) -> None:
+        # solo: the runtime lives in the main process, which no pool process shutdown
+        # reaches; closing it records the clean stop (prefork children did so already).
+        _close()

@@ -28,6 +28,7 @@ from pydicom import dcmread
 
 from core.jobs import JobState
 from core.outbox import Outbox
+from monitor.passwords import hash_password
 from pacs_ai.phantom import write_chest_ct_series
 from tests.conftest import DicomFactory
 from tests.support.monitor import call
@@ -80,8 +81,12 @@ def deployment(
         "monitor": {
             "refresh_seconds": 1,
             "users": [
-                {"name": "admin", "role": "admin", "password": ADMIN_PASSWORD},
-                {"name": "reader", "role": "read-only", "password": READER_PASSWORD},
+                {"name": "admin", "role": "admin", "password_hash": hash_password(ADMIN_PASSWORD)},
+                {
+                    "name": "reader",
+                    "role": "read-only",
+                    "password_hash": hash_password(READER_PASSWORD),
+                },
             ],
             "tokens": [{"name": "prometheus", "role": "read-only", "token": READER_TOKEN}],
         },

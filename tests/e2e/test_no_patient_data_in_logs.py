@@ -21,6 +21,7 @@ import pytest
 from pydicom import dcmread
 
 from core.jobs import JobState
+from monitor.passwords import hash_password
 from pacs_ai.phantom import write_chest_ct_series
 from tests.support.monitor import call, sign_in_form
 from tests.support.pacs_ai import PacsAiDeployment
@@ -60,7 +61,11 @@ def deployment(
             }
         ],
         "delivery": {"poll_interval_seconds": 0.2},
-        "monitor": {"users": [{"name": "admin", "role": "admin", "password": ADMIN_PASSWORD}]},
+        "monitor": {
+            "users": [
+                {"name": "admin", "role": "admin", "password_hash": hash_password(ADMIN_PASSWORD)}
+            ]
+        },
     }
     running = PacsAiDeployment(tmp_path / "pacs-ai", config)
     running.start()

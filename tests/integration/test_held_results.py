@@ -31,7 +31,8 @@ from core.messages import RunJobMessage
 from core.outbox import DeliveryState, Outbox
 from core.settings import Settings, validate_settings
 from inference import codes
-from monitor.server import MonitorServer
+from monitor.passwords import hash_password
+from monitor.web.server import MonitorServer
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.dicom_checks import walk
@@ -145,7 +146,13 @@ def settings_for(
             "monitor": {
                 "host": "127.0.0.1",
                 "port": free_port(),
-                "users": [{"name": "alice", "role": "admin", "password": "alice-password"}],
+                "users": [
+                    {
+                        "name": "alice",
+                        "role": "admin",
+                        "password_hash": hash_password("alice-password"),
+                    }
+                ],
                 "tokens": [
                     {"name": "ops", "role": "admin", "token": ADMIN_TOKEN},
                     {"name": "viewer", "role": "read-only", "token": READER_TOKEN},

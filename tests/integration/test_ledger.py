@@ -16,6 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from core.jobs import InstanceRecord, JobState, SeriesState
 from core.ledger import InvalidTransitionError, Ledger, UnknownJobError
+from core.ledger_schema import ADDED_COLUMNS
+from core.presence import Presence
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PACS_AI_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -312,3 +314,27 @@ def test_an_identity_conflict_recorded_again_stays_one_quarantine_record(ledger:
     ledger.record_instances([reused])  # as the start-up recovery does after a restart
 
     assert len(ledger.quarantined()) == 1
+
+
+def test_a_ledger_made_by_the_previous_release_is_upgraded_in_place(ledger: Ledger) -> None:
+    ledger.record_instances([instance("1.9.1", at=100.0)])
+    ledger.worker_heartbeat("w", host="h", pid=1, device="cpu", models=["m"])
+    with ledger.engine.begin() as conn:  # back to schema 1
+        for table, column in ADDED_COLUMNS:
+            conn.execute(text(f"ALTER TABLE {table.name} DROP COLUMN {column}"))
+        conn.execute(text("DROP TABLE nodes"))
+        conn.execute(text("DROP TABLE destination_status"))
+        conn.execute(text("UPDATE schema_info SET version = 1"))
+
+    upgraded = Ledger(ledger.url)
+    upgraded.create_schema()
+    upgraded.create_schema()  # idempotent
+    Presence(upgraded).worker_stopped("w")
+    Presence(upgraded).node_heartbeat("n", host="h", pid=2, ae_title="PACSAI", port=104)
+
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM schema_info")).scalar_one() == 2
+    series = upgraded.get_series("1.2.3.2")
+    assert series.receiving_since is None and series.run_started_at == 100.0
+    assert [node.name for node in Presence(upgraded).nodes()] == ["n"]
+    upgraded.close()

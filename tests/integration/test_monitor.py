@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,10 +24,12 @@ from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
 from core.ledger_schema import audit_table
 from core.outbox import DeliveryState, ItemKind, NewItem, Outbox
+from core.presence import Presence
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import Settings, validate_settings
-from monitor.server import MonitorServer
+from monitor.passwords import hash_password
 from monitor.timeline import STAGES
+from monitor.web.server import MonitorServer
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.monitor import call, sign_in_form
@@ -76,8 +79,8 @@ def make_settings(tmp_path: Path, redis_url: str, **monitor: Any) -> Settings:
 
 AUTH: dict[str, Any] = {
     "users": [
-        {"name": "alice", "role": "admin", "password": "alice-password"},
-        {"name": "bob", "role": "read-only", "password": "bob-password"},
+        {"name": "alice", "role": "admin", "password_hash": hash_password("alice-password")},
+        {"name": "bob", "role": "read-only", "password_hash": hash_password("bob-password")},
     ],
     "tokens": [
         {"name": "ops", "role": "admin", "token": ADMIN_TOKEN},
@@ -373,6 +376,33 @@ def test_re_sending_puts_dead_results_back_in_the_outbox_and_the_job_to_deliveri
     assert [i.state for i in outbox.items(job_id=job.job_id)] == [DeliveryState.PENDING]
 
 
+def test_a_job_waiting_in_its_retry_schedule_is_offered_retry_delivery_now(
+    make_rig: Callable[..., Rig], dicom_factory: DicomFactory
+) -> None:
+    rig = make_rig(**AUTH)
+    ledger, outbox = rig.ledger, Outbox(rig.ledger)
+    job = open_job(ledger, receive_series(ledger, dicom_factory.series(1)))
+    run_to_delivering(ledger, job, "2.25.8")
+    [item] = outbox.items(job_id=job.job_id)
+    later = time.time() + 3600
+    outbox.mark_failed(
+        item.item_id, state=DeliveryState.PENDING, status=None, error="away", next_attempt_at=later
+    )
+    cookie, _csrf = sign_in(rig, "alice", "alice-password")
+    page = call(f"{rig.url}/jobs/{job.job_id}", headers={"Cookie": f"pacs_ai_session={cookie}"})
+
+    answer = call(
+        f"{rig.url}/api/jobs/{job.job_id}/resend", method="POST", token=ADMIN_TOKEN, data={}
+    )
+
+    assert "Retry delivery now" in page.text
+    assert answer.status == 200, answer.text
+    assert answer.json()["message"] == "1 result(s) to be delivered now"
+    [due] = outbox.items(job_id=job.job_id)
+    assert due.state == DeliveryState.PENDING and due.next_attempt_at <= time.time()
+    assert ledger.get_job(job.job_id).state == JobState.DELIVERING
+
+
 def sign_in(rig: Rig, user: str, password: str) -> tuple[str, str]:
     return sign_in_form(rig.url, user, password)
 
@@ -511,7 +541,7 @@ def test_the_dashboard_refuses_to_listen_beyond_localhost_without_authentication
 ) -> None:
     with pytest.raises(ConfigError, match=r"monitor: the dashboard would listen on 0\.0\.0\.0"):
         validate_settings({"data_dir": str(tmp_path), "monitor": {"host": "0.0.0.0"}})
-    with pytest.raises(ConfigError, match=r"give exactly one of password or password_hash"):
+    with pytest.raises(ConfigError, match=r"password_hash: missing; pacs-ai users add a --role"):
         validate_settings(
             {"monitor": {"host": "0.0.0.0", "users": [{"name": "a", "role": "admin"}]}}
         )
@@ -542,6 +572,9 @@ def test_status_prints_the_jobs_with_their_stage_timestamps_as_json(
     rig.ledger.transition(job.job_id, JobState.QUEUED)
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(rig.settings.model_dump(mode="json", exclude={"monitor"})))
+    # Ready (status exits 0): a node and a worker for the routed model are alive.
+    Presence(rig.ledger).node_heartbeat("node", host="h", pid=1, ae_title="PACSAI", port=1)
+    rig.ledger.worker_heartbeat("w", host="h", pid=2, device="cpu", models=["ct-lungs"])
 
     as_json = CliRunner().invoke(main, ["status", "--config", str(config), "--json"])
     as_text = CliRunner().invoke(main, ["status", "--config", str(config)])
@@ -593,7 +626,7 @@ def test_the_monitor_speaks_https_with_a_secure_session_cookie_when_given_a_cert
         opener.open(login, timeout=10)
 
     with redirect.value as answer:
-        assert "; Secure" in answer.headers["Set-Cookie"]
+        assert "; secure" in answer.headers["Set-Cookie"].lower()
     assert health_status == 200
     with socket.create_connection(("127.0.0.1", rig.server.port), timeout=10) as plain:
         plain.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")

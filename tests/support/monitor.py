@@ -12,11 +12,27 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 
+class Headers(dict[str, str]):
+    """Response headers; names compare without case, as in HTTP."""
+
+    def __init__(self, items: Any) -> None:
+        super().__init__((str(k).lower(), str(v)) for k, v in items)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
 @dataclass
 class Answer:
     status: int
     body: bytes
-    headers: dict[str, str]
+    headers: Headers
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -50,10 +66,10 @@ def call(
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(request, timeout=30) as response:
-            return Answer(response.status, response.read(), dict(response.headers))
+            return Answer(response.status, response.read(), Headers(response.headers.items()))
     except urllib.error.HTTPError as error:
         with error:
-            return Answer(error.code, error.read(), dict(error.headers))
+            return Answer(error.code, error.read(), Headers(error.headers.items()))
 
 
 def sign_in_form(base_url: str, user: str, password: str) -> tuple[str, str]:
@@ -61,8 +77,9 @@ def sign_in_form(base_url: str, user: str, password: str) -> tuple[str, str]:
     answer = call(f"{base_url}/login", method="POST", data={"user": user, "password": password})
     assert answer.status == 303, answer.text
     cookie = SimpleCookie(answer.headers["Set-Cookie"])["pacs_ai_session"].value
-    assert "HttpOnly" in answer.headers["Set-Cookie"]
-    assert "SameSite=Strict" in answer.headers["Set-Cookie"]
+    # Cookie attribute names compare without case (RFC 6265).
+    assert "httponly" in answer.headers["Set-Cookie"].lower()
+    assert "samesite=strict" in answer.headers["Set-Cookie"].lower()
     page = call(f"{base_url}/", headers={"Cookie": f"pacs_ai_session={cookie}"})
     assert page.status == 200
     match = re.search(r'name="csrf" value="([^"]+)"', page.text)

@@ -75,7 +75,10 @@ def test_config_check_names_a_route_model_that_is_not_installed(tmp_path: Path) 
     result = CliRunner().invoke(main, ["config", "check", str(config)])
 
     assert result.exit_code == 1
-    assert "routes[0].models[0]: no model package 'ct-lung' (installed: ct-lungs)" in result.output
+    assert (
+        "routes[0].models[0]: no model package 'ct-lung'; did you mean 'ct-lungs'? "
+        "(installed: ct-lungs)" in result.output
+    )
 
 
 def test_models_list_shows_the_built_in_model() -> None:
@@ -115,7 +118,7 @@ def test_resend_explains_a_job_that_never_reached_delivery(tmp_path: Path) -> No
     config = tmp_path / "config.yaml"
     config.write_text(f"data_dir: {tmp_path / 'data'}\n")
 
-    result = CliRunner().invoke(main, ["resend", "--config", str(config), "no-such-job"])
+    result = CliRunner().invoke(main, ["resend", "--config", str(config), "0123abcd"])
 
     assert result.exit_code == 1
-    assert "no job no-such-job in the ledger" in result.output
+    assert "no job 0123abcd in the ledger" in result.output

@@ -6,9 +6,10 @@ import pytest
 
 from core.jobs import JobEvent, JobState
 from monitor.charts import buckets, throughput_svg, turnaround_svg
-from monitor.html import esc, redact, seconds, tag
+from monitor.formatting import redact, seconds, when
 from monitor.readings import Finished
 from monitor.timeline import Delivery, stage_times
+from monitor.web.common import ENVIRONMENT
 
 S = JobState
 
@@ -117,8 +118,9 @@ def test_a_broker_refusal_within_a_run_does_not_start_a_new_one() -> None:
 
 
 def test_values_are_escaped_and_uids_redacted_for_anonymous_visitors() -> None:
-    assert esc('<a href="x">') == "&lt;a href=&quot;x&quot;&gt;"
-    assert tag("td", "<b>", title='"') == '<td title="&quot;">&lt;b&gt;</td>'
+    page = ENVIRONMENT.from_string('<td title="{{ t }}">{{ v }}</td>{{ at }}')
+    rendered = page.render(t='"><script>', v="<b>", at=when(0.0, now=0.0))
+    assert rendered.startswith('<td title="&#34;&gt;&lt;script&gt;">&lt;b&gt;</td><time ')
     reason = "refused 1.2.840.113619.2.55.3 (see /spool/1.2.3.4/1.2.3.4.5/x.dcm)"
     assert redact(reason, show=False) == "refused [UID] (see /spool/[UID]/[UID]/x.dcm)"
     assert redact(reason, show=True) == reason

@@ -87,7 +87,7 @@ routes:
         "node.port: Input should be a valid integer, got '11112'",
         "completion.series_quiet_seconds: Input should be greater than 0",
         "destinations.pacs.port: Input should be less than or equal to 65535",
-        "routes[0].match: 'Modalty' is not a DICOM keyword",
+        "routes[0].match.Modalty: not a DICOM keyword; did you mean 'Modality'?",
         "routes[0].priority: Input should be less than or equal to 9",
         "routes[0].send_results_to[0]: unknown destination 'pac' (destinations: pacs)",
     ):
