@@ -61,6 +61,7 @@ td { font-variant-numeric: tabular-nums; }
 .pill { padding: 2px 10px; border-radius: 10px; font-weight: 600; font-size: 12px; }
 .pill.ok { background: var(--ok); } .pill.bad { background: var(--bad); }
 .alive { color: var(--ok); font-weight: 600; } .silent { color: var(--bad); font-weight: 600; }
+.stopped { color: var(--muted); font-weight: 600; }
 .filters a { margin-right: 10px; } .filters a.on { font-weight: 700; color: var(--fg); }
 .flash { padding: 8px 12px; border-radius: 6px; background: #e6f4ea; border: 1px solid #b7dfc3;
   margin: 10px 0; }

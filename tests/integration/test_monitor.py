@@ -636,3 +636,17 @@ def test_the_monitor_speaks_https_with_a_secure_session_cookie_when_given_a_cert
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
         return None
+
+
+def test_the_overview_shows_a_cleanly_stopped_worker_as_stopped_not_silent(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(**AUTH)
+    rig.ledger.worker_heartbeat("gone", host="h", pid=1, device="cpu", models=["ct-lungs"])
+    Presence(rig.ledger).worker_stopped("gone")
+
+    page = call(f"{rig.url}/", token=READER_TOKEN)
+
+    assert page.status == 200
+    assert '<span class="stopped">stopped</span>' in page.text
+    assert '<span class="silent">' not in page.text
