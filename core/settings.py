@@ -404,6 +404,70 @@ class MonitorToken(_Section):
         return token
 
 
+class MonitorLdapSettings(_Section):
+    """Sign-in against an LDAP directory or Active Directory (optional; off when absent).
+
+    Names in ``monitor.users`` are checked locally and never sent to the directory; any
+    other name is bound to the directory with its password, and its groups give its role
+    (``admin`` wins). A directory user in none of ``role_groups`` is refused.
+    """
+
+    #: ``ldap://host:389`` or ``ldaps://host:636``.
+    url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
+    #: Direct bind: the user's DN (``uid={user},ou=people,dc=example,dc=org``), or for
+    #: Active Directory ``{user}@corp.example.org`` with ``group_base``. Or search instead:
+    bind_dn_template: str | None = None
+    #: Search: where users are and how to find one (``(sAMAccountName={user})`` on AD),
+    #: as ``bind_dn`` (anonymous when absent) with ``bind_password``
+    #: (``PACS_AI_MONITOR__LDAP__BIND_PASSWORD`` keeps it out of the file).
+    search_base: str | None = None
+    search_filter: str = "(uid={user})"
+    bind_dn: str | None = None
+    bind_password: SecretStr | None = None
+    #: Upgrade an ``ldap://`` connection with StartTLS (ldaps:// is TLS from the start).
+    start_tls: bool = False
+    #: PEM CA bundle to verify the directory's certificate (default: the system's).
+    ca_certificates: Path | None = None
+    #: Where groups are searched (``member``/``uniqueMember`` = the user's DN); when absent
+    #: the user's ``memberOf`` attribute is read (Active Directory).
+    group_base: str | None = None
+    #: Group DNs per role: ``{admin: ["cn=pacs-admins,ou=groups,dc=example,dc=org"]}``.
+    role_groups: dict[MonitorRole, list[str]]
+    timeout_seconds: PositiveSeconds = 5.0
+
+    _files = field_validator("ca_certificates")(_check_file)
+
+    @model_validator(mode="after")
+    def _one_way_to_find_users(self) -> MonitorLdapSettings:
+        if (self.bind_dn_template is None) == (self.search_base is None):
+            raise ValueError(
+                "give either bind_dn_template (uid={user},ou=people,...) or search_base "
+                "(with search_filter), not both and not neither"
+            )
+        for key in ("bind_dn_template", "search_filter"):
+            value = getattr(self, key)
+            if key == "search_filter" and self.search_base is None:
+                continue
+            if value is not None and "{user}" not in value:
+                raise ValueError(f"{key}: must contain {{user}}, where the user name goes")
+        template = self.bind_dn_template
+        if template is not None and "=" not in template and self.group_base is None:
+            raise ValueError(
+                f"bind_dn_template: {template!r} is not a DN, so the user's memberOf cannot "
+                "be read; give group_base, or find users with search_base and search_filter "
+                "((sAMAccountName={user}) on Active Directory)"
+            )
+        if self.bind_password is not None and self.bind_dn is None:
+            raise ValueError("bind_password: given without bind_dn")
+        if self.start_tls and self.url.startswith("ldaps://"):
+            raise ValueError("start_tls: ldaps:// is already TLS; use ldap:// with start_tls")
+        if not any(self.role_groups.values()):
+            raise ValueError(
+                "role_groups: no group given; map at least one group DN to admin or read-only"
+            )
+        return self
+
+
 class MonitorTlsSettings(_Section):
     """HTTPS for the dashboard, PEM files (or put a TLS-terminating proxy in front)."""
 
@@ -424,6 +488,8 @@ class MonitorSettings(_Section):
     users: list[MonitorUser] = []
     tokens: list[MonitorToken] = []
     tls: MonitorTlsSettings | None = None
+    #: Optional sign-in against LDAP / Active Directory, besides ``users``.
+    ldap: MonitorLdapSettings | None = None
     #: The dashboard reloads itself this often (0: never).
     refresh_seconds: Annotated[float, Field(ge=0)] = 10.0
     #: How far back the throughput and turnaround charts go.
@@ -435,10 +501,11 @@ class MonitorSettings(_Section):
 
     @model_validator(mode="after")
     def _authentication_beyond_localhost(self) -> MonitorSettings:
-        if self.enabled and not is_loopback(self.host) and not (self.users or self.tokens):
+        if self.enabled and not is_loopback(self.host) and not self.requires_authentication:
             raise ValueError(
                 f"the dashboard would listen on {self.host}, beyond this machine, without "
-                "authentication: add monitor.users (or monitor.tokens), or set monitor.host "
+                "authentication: add monitor.users (or monitor.tokens or monitor.ldap), or set "
+                "monitor.host "
                 "to 127.0.0.1"
             )
         names = [u.name for u in self.users]
@@ -449,7 +516,7 @@ class MonitorSettings(_Section):
 
     @property
     def requires_authentication(self) -> bool:
-        return bool(self.users or self.tokens)
+        return bool(self.users or self.tokens or self.ldap)
 
 
 class Settings(_Section):

