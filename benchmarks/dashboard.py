@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.ledger import Ledger  # noqa: E402
-from core.ledger_schema import (  # noqa: E402
+from core.ledger.schema import (  # noqa: E402
     instances_table,
     job_events_table,
     jobs_table,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 
 from core.ledger import Ledger
-from core.ledger_schema import nodes_table, worker_status_table, workers_table
+from core.ledger.schema import nodes_table, worker_status_table, workers_table
 from core.periodic import Periodic
 
 logger = logging.getLogger(__name__)

@@ -43,8 +43,8 @@ from pydicom.dataset import Dataset
 from core.errors import TransientError
 from core.jobs import JobRecord, JobState, SeriesRecord, SeriesState, StudyRecord, StudyState
 from core.ledger import Ledger
+from core.ledger.outbox import ItemKind, NewItem, Outbox
 from core.logs import log_context
-from core.outbox import ItemKind, NewItem, Outbox
 from core.periodic import Periodic
 from core.queue import JobQueue
 from core.routing_rules import RouteSettings

@@ -34,8 +34,8 @@ from sqlalchemy import insert, select, update
 
 from core.jobs import JobState
 from core.ledger import InvalidTransitionError, Ledger
-from core.ledger_schema import audit_table, job_discards_table
-from core.outbox import ItemKind, NewItem, Outbox
+from core.ledger.outbox import ItemKind, NewItem, Outbox
+from core.ledger.schema import audit_table, job_discards_table
 from monitor.auth import Principal
 
 logger = logging.getLogger(__name__)

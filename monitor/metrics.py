@@ -65,7 +65,7 @@ from pydicom.uid import UID
 from sqlalchemy import func, select
 
 from core.jobs import JobState, SeriesState
-from core.ledger_schema import (
+from core.ledger.schema import (
     job_events_table,
     jobs_table,
     outbox_table,

@@ -27,7 +27,8 @@ from sqlalchemy.engine import Connection
 from core.errors import TransientError
 from core.jobs import JobEvent, JobState
 from core.ledger import CounterKey, Ledger, QuarantineRecord
-from core.ledger_schema import (
+from core.ledger.outbox import Outbox, OutboxItem
+from core.ledger.schema import (
     audit_table,
     counters_table,
     instances_table,
@@ -40,7 +41,6 @@ from core.ledger_schema import (
     workers_table,
 )
 from core.messages import model_queue
-from core.outbox import Outbox, OutboxItem
 from core.queue import BrokerInspector
 from core.settings import DicomWebDestination, Settings
 from monitor.timeline import Delivery, StageTimes, stage_times

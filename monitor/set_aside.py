@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from core.jobs import JobState, SeriesState
-from core.ledger_schema import quarantine_table, series_table
+from core.ledger.schema import quarantine_table, series_table
 from core.quarantine import DOOR_STAGES
 from monitor.formatting import redact
 from monitor.readings import JobView, Readings

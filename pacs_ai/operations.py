@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from core.errors import ConfigError
 from core.jobs import JobState
 from core.ledger import AmbiguousJobIdError, Ledger, UnknownJobError
-from core.outbox import Outbox
+from core.ledger.outbox import Outbox
 from core.routing_rules import RouteSettings
 from core.settings import Settings, load_settings
 from dicom_node.routing import Arrival, Router

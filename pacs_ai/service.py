@@ -22,10 +22,10 @@ from core.presence import NodeHeartbeat
 from core.queue import BrokerInspector, JobQueue
 from core.settings import Settings
 from dicom_node.node import Node
-from dicom_node.retention import RetentionSweeper
 from monitor.web.server import MonitorServer
-from workers.delivery import DeliveryService
-from workers.reconciler import Reconciler
+from node_services.delivery import DeliveryService
+from node_services.reconciler import Reconciler
+from node_services.retention import RetentionSweeper
 
 logger = logging.getLogger(__name__)
 

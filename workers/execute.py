@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError, TransientError
 from core.jobs import JobRecord, JobState
+from core.ledger.outbox import Outbox
 from core.logs import log_context
 from core.messages import RunJobMessage
-from core.outbox import Outbox
 from core.output_profiles import DEFAULT_PROFILE, OutputProfile
 from core.quarantine import QuarantineEntry
-from workers.delivery import result_items
+from node_services.delivery import result_items
 from workers.runtime import WorkerRuntime
 
 if TYPE_CHECKING:

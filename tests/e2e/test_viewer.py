@@ -30,10 +30,10 @@ from inference.pipeline import ModelRunner
 from inference.results import WrittenResults, load_and_predict, write_results
 from inference.volume import Volume
 from models.registry import BUILTIN_DIR, load_package
+from node_services.stow import stow
 from pacs_ai.phantom import write_chest_ct_series
 from tests.support.peers import Orthanc, storescu, tool_or_skip, wait_for
 from tests.support.viewer import OhifServer, ohif_dist_or_skip
-from workers.stow import stow
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -14,8 +14,8 @@ from pydicom.uid import generate_uid
 
 from core.jobs import JobState, SeriesState, StudyState
 from core.ledger import Ledger
+from core.ledger.outbox import DeliveryState, Outbox
 from core.messages import model_queue
-from core.outbox import DeliveryState, Outbox
 from core.queue import JobQueue, make_celery
 from core.settings import Settings, validate_settings
 from dicom_node.assembly import CompletionWatcher

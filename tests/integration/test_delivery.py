@@ -17,11 +17,11 @@ from pydicom import dcmread
 
 from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
-from core.outbox import DeliveryState, ItemKind, NewItem, Outbox
+from core.ledger.outbox import DeliveryState, ItemKind, NewItem, Outbox
 from core.settings import Settings, validate_settings
+from node_services.delivery import DeliveryService, result_items
 from tests.conftest import DicomFactory
 from tests.support.peers import Orthanc
-from workers.delivery import DeliveryService, result_items
 
 pytestmark = pytest.mark.peers
 

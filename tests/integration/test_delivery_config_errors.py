@@ -20,14 +20,14 @@ from sqlalchemy import select
 
 from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
-from core.ledger_schema import audit_table
-from core.outbox import DeliveryState, Outbox
+from core.ledger.outbox import DeliveryState, Outbox
+from core.ledger.schema import audit_table
 from core.settings import Settings, validate_settings
 from monitor.readings import Readings
+from node_services.delivery import DeliveryService, result_items
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.peers import LOCALHOST, Orthanc, RedisServer
-from workers.delivery import DeliveryService, result_items
 
 pytestmark = pytest.mark.peers
 

@@ -26,13 +26,14 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from core.jobs import JobRecord, JobState
-from core.ledger_schema import audit_table
+from core.ledger.outbox import DeliveryState, Outbox
+from core.ledger.schema import audit_table
 from core.messages import RunJobMessage
-from core.outbox import DeliveryState, Outbox
 from core.settings import Settings, validate_settings
 from inference import codes
 from monitor.passwords import hash_password
 from monitor.web.server import MonitorServer
+from node_services.delivery import DeliveryService
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.dicom_checks import walk
@@ -40,7 +41,6 @@ from tests.support.models import manifest, script, write_package
 from tests.support.monitor import call, sign_in_form
 from tests.support.peers import Orthanc, dciodvfy, free_port
 from tests.support.spooling import spool
-from workers.delivery import DeliveryService
 from workers.execute import JobExecutor
 from workers.runtime import WorkerRuntime
 

@@ -18,18 +18,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from core.jobs import InstanceRecord, JobState, SeriesState
 from core.ledger import Ledger
-from core.outbox import Outbox
+from core.ledger.outbox import Outbox
 from core.presence import Presence
 from core.settings import validate_settings
 from dicom_node.node import Node
 from dicom_node.status import Status
 from monitor.metrics import MetricsEndpoint
 from monitor.readings import Readings
+from node_services.delivery import DeliveryService, result_items
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.node import CT_IMAGE, associate, context_for, data_set_bytes
 from tests.support.peers import LOCALHOST, RedisServer, free_port, storescu, wait_for
-from workers.delivery import DeliveryService, result_items
 
 pytestmark = pytest.mark.peers
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from core.jobs import InstanceRecord, JobState, SeriesState
 from core.ledger import InvalidTransitionError, Ledger, UnknownJobError
-from core.ledger_schema import ADDED_COLUMNS
+from core.ledger.schema import ADDED_COLUMNS
 from core.presence import Presence
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -22,8 +22,8 @@ from sqlalchemy import select
 from core.errors import ConfigError
 from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
-from core.ledger_schema import audit_table
-from core.outbox import DeliveryState, ItemKind, NewItem, Outbox
+from core.ledger.outbox import DeliveryState, ItemKind, NewItem, Outbox
+from core.ledger.schema import audit_table
 from core.presence import Presence
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import Settings, validate_settings

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from core.errors import ConfigError
 from core.jobs import JobState
 from core.ledger import Ledger
-from core.ledger_schema import audit_table
+from core.ledger.schema import audit_table
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import validate_settings
 from monitor.passwords import hash_password

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from core.errors import ConfigError
 from core.jobs import JobState, SeriesState
-from core.ledger_schema import audit_table
+from core.ledger.schema import audit_table
 from core.settings import validate_settings
 from monitor.web.views import UNREADABLE
 from pacs_ai.cli import main

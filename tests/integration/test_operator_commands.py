@@ -27,13 +27,13 @@ from sqlalchemy import update
 
 from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
-from core.ledger_schema import jobs_table
-from core.outbox import Outbox
+from core.ledger.outbox import Outbox
+from core.ledger.schema import jobs_table
 from core.settings import load_settings
+from node_services.delivery import DeliveryService, result_items
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.peers import LOCALHOST, Orthanc
-from workers.delivery import DeliveryService, result_items
 
 pytestmark = pytest.mark.peers
 

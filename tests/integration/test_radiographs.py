@@ -39,6 +39,7 @@ from inference.projection import load_projection
 from inference.results import load_and_predict, write_results
 from models.acceptance import facts_from_files, refusal
 from models.registry import ModelPackage, load_package, sha256_of
+from node_services.delivery import DeliveryService
 from tests.conftest import REPO_ROOT, require
 from tests.support import radiographs
 from tests.support.dicom_checks import walk
@@ -46,7 +47,6 @@ from tests.support.models import export_onnx, manifest, script, write_package
 from tests.support.peers import Orthanc, RedisServer, dciodvfy, free_port, storescu, wait_for
 from tests.support.resnet import fixed_logits_resnet18
 from tests.support.spooling import spool
-from workers.delivery import DeliveryService
 from workers.execute import JobExecutor
 from workers.runtime import WorkerRuntime
 

@@ -13,8 +13,8 @@ from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import Settings, validate_settings
+from node_services.reconciler import Reconciler
 from tests.support.peers import RedisServer
-from workers.reconciler import Reconciler
 
 pytestmark = pytest.mark.peers
 

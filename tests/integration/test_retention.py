@@ -11,7 +11,7 @@ from core.jobs import JobState, SeriesState
 from core.ledger import Ledger
 from core.quarantine import INSTANCE_FILE, Quarantine, QuarantineEntry
 from core.settings import Settings, validate_settings
-from dicom_node.retention import RetentionSweeper
+from node_services.retention import RetentionSweeper
 from tests.conftest import DicomFactory
 from tests.support.spooling import spool
 

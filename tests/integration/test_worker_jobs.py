@@ -11,11 +11,11 @@ import pytest
 from core.jobs import JobRecord, JobState
 from core.messages import RunJobMessage
 from core.settings import Settings, validate_settings
+from node_services.delivery import DeliveryService
 from pacs_ai.phantom import write_chest_ct_series
 from tests.conftest import DicomFactory
 from tests.support.peers import Orthanc, free_port, wait_for
 from tests.support.spooling import spool
-from workers.delivery import DeliveryService
 from workers.execute import JobExecutor
 from workers.runtime import WorkerRuntime
 

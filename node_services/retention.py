@@ -27,7 +27,7 @@ from pathlib import Path
 
 from core.jobs import JobState, SeriesRecord, SeriesState
 from core.ledger import Ledger
-from core.outbox import DeliveryState, Outbox
+from core.ledger.outbox import DeliveryState, Outbox
 from core.periodic import Periodic
 from core.quarantine import INSTANCE_FILE
 from core.settings import Settings

@@ -35,8 +35,7 @@ from pathlib import Path
 
 from core.jobs import JobState
 from core.ledger import Ledger, UnknownJobError
-from core.logs import log_context
-from core.outbox import (
+from core.ledger.outbox import (
     DeliveryState,
     DestinationProblem,
     ItemKind,
@@ -44,13 +43,14 @@ from core.outbox import (
     Outbox,
     OutboxItem,
 )
+from core.logs import log_context
 from core.periodic import Periodic
 from core.quarantine import Quarantine, QuarantineEntry
 from core.settings import DestinationSettings, DicomWebDestination, Settings
 from dicom_node.scu import AssociationError, InstanceResult, send_files
 from dicom_node.status import Status
 from dicom_node.ul.negotiation import CALLED_AE_NOT_RECOGNIZED, CALLING_AE_NOT_RECOGNIZED
-from workers.stow import stow
+from node_services.stow import stow
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from core.ledger import CounterKey, Ledger, add_to_counters, counter_key
-from core.ledger_schema import destination_status_table, outbox_table
+from core.ledger.base import LedgerBase
+from core.ledger.counters import CounterKey, add_to_counters, counter_key
+from core.ledger.schema import destination_status_table, outbox_table
 
 
 class DeliveryState(StrEnum):
@@ -87,7 +88,7 @@ class OutboxItem:
 class Outbox:
     """Outbox items in the ledger database."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerBase) -> None:
         self._engine = ledger.engine
 
     def add(self, items: Iterable[NewItem], *, now: float | None = None) -> int:

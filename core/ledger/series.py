@@ -1,0 +1,435 @@
+"""Received instances, their series and studies: recording arrivals, completion state."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from core.jobs import (
+    InstanceRecord,
+    SeriesRecord,
+    SeriesState,
+    StudyRecord,
+    StudyState,
+)
+from core.ledger.base import LedgerBase
+from core.ledger.counters import CounterKey, add_to_counters, counter_key
+from core.ledger.records import (
+    StoredInstance,
+)
+from core.ledger.rows import _series_record, _study_record
+from core.ledger.schema import (
+    instances_table,
+    quarantine_table,
+    series_table,
+    studies_table,
+)
+
+logger = logging.getLogger(__name__)
+
+#: UIDs per IN (...) query: well below SQLite's bound-parameter limit.
+_IN_CHUNK = 500
+
+
+class SeriesLedger(LedgerBase):
+    """Instances, series and studies."""
+
+    def record_instances(self, records: Sequence[InstanceRecord]) -> None:
+        """Record stored instances and update their series, in one transaction.
+
+        A re-sent instance (same SOP Instance UID) increments its receive count instead of
+        adding a row; any arrival puts its series back into RECEIVING so that the series
+        completes again after its quiet period.
+        """
+        if not records:
+            return
+        now = time.time()
+        with self._engine.begin() as conn:
+            records = self._set_aside_identity_conflicts(conn, records, now)
+            per_series: dict[str, _SeriesDelta] = {}
+            new_rows: list[dict[str, Any]] = []
+            resent_records: list[InstanceRecord] = []
+            existing: set[str] = set(self._known_instances(conn, records))
+            for record in records:
+                resent = record.sop_instance_uid in existing
+                existing.add(record.sop_instance_uid)
+                if resent:
+                    resent_records.append(record)
+                else:
+                    new_rows.append(
+                        {
+                            "sop_instance_uid": record.sop_instance_uid,
+                            "series_uid": record.series_instance_uid,
+                            "study_uid": record.study_instance_uid,
+                            "sop_class_uid": record.sop_class_uid,
+                            "transfer_syntax_uid": record.transfer_syntax_uid,
+                            "path": record.path,
+                            "size": record.size,
+                            "received_at": record.received_at,
+                            "receive_count": 1,
+                        }
+                    )
+                delta = per_series.setdefault(record.series_instance_uid, _SeriesDelta(record))
+                delta.add(record, resent=resent)
+            if new_rows:
+                # One executemany for the batch: the node's ledger writer is on the path of
+                # every received instance (after its Success, but it must keep up).
+                conn.execute(insert(instances_table), new_rows)
+            for record in resent_records:
+                conn.execute(
+                    update(instances_table)
+                    .where(
+                        instances_table.c.sop_instance_uid == record.sop_instance_uid,
+                        instances_table.c.series_uid == record.series_instance_uid,
+                    )
+                    .values(
+                        path=record.path,
+                        size=record.size,
+                        received_at=record.received_at,
+                        transfer_syntax_uid=record.transfer_syntax_uid,
+                        receive_count=instances_table.c.receive_count + 1,
+                    )
+                )
+            add_to_counters(conn, _receipt_counts(records))
+            per_study: dict[str, _StudyDelta] = {}
+            for series_uid, delta in per_series.items():
+                is_new = self._apply_series_delta(conn, series_uid, delta, now)
+                study = per_study.setdefault(delta.first.study_instance_uid, _StudyDelta())
+                study.add(delta, new_series=is_new)
+            for study_uid, study_delta in per_study.items():
+                _apply_study_delta(conn, study_uid, study_delta, now)
+
+    @staticmethod
+    def _known_instances(
+        conn: Connection, records: Sequence[InstanceRecord]
+    ) -> dict[str, tuple[str, str]]:
+        """(study UID, series UID) of each of ``records``' SOP instances already recorded."""
+        uids = sorted({r.sop_instance_uid for r in records})
+        known: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(uids), _IN_CHUNK):
+            rows = conn.execute(
+                select(
+                    instances_table.c.sop_instance_uid,
+                    instances_table.c.study_uid,
+                    instances_table.c.series_uid,
+                ).where(instances_table.c.sop_instance_uid.in_(uids[start : start + _IN_CHUNK]))
+            ).all()
+            known.update((row[0], (row[1], row[2])) for row in rows)
+        return known
+
+    def _set_aside_identity_conflicts(
+        self, conn: Connection, records: Sequence[InstanceRecord], now: float
+    ) -> list[InstanceRecord]:
+        """``records`` less those whose UIDs would mix two studies or series; those are
+        quarantined, with the reason, where their files lie in the spool.
+
+        A SOP Instance UID already recorded in another series, or a Series Instance UID
+        already recorded in another study, is a sender reusing UIDs: the instance must
+        never join the other series, whose job would read it as its own (another
+        patient's image, perhaps). The node's receivers refuse most of these before
+        answering (:meth:`dicom_node.spool.Spool.claim`); this is the backstop for
+        those that arrive at the same moment or at another receiving process.
+        """
+        known = self._known_instances(conn, records)
+        series_uids = sorted({r.series_instance_uid for r in records})
+        study_of_series: dict[str, str] = {}
+        for start in range(0, len(series_uids), _IN_CHUNK):
+            rows = conn.execute(
+                select(series_table.c.series_uid, series_table.c.study_uid).where(
+                    series_table.c.series_uid.in_(series_uids[start : start + _IN_CHUNK])
+                )
+            ).all()
+            study_of_series.update((row[0], row[1]) for row in rows)
+        kept: list[InstanceRecord] = []
+        for record in records:
+            place = (record.study_instance_uid, record.series_instance_uid)
+            earlier = known.setdefault(record.sop_instance_uid, place)
+            owner = study_of_series.setdefault(record.series_instance_uid, place[0])
+            if earlier == place and owner == place[0]:
+                kept.append(record)
+                continue
+            if earlier != place:
+                reason = (
+                    f"SOP Instance UID {record.sop_instance_uid} was already received in "
+                    f"study {earlier[0]}, series {earlier[1]}; this instance of study "
+                    f"{place[0]}, series {place[1]} reuses it and is kept apart. Have the "
+                    "sender give every instance its own UID, then send it again"
+                )
+            else:
+                reason = (
+                    f"Series Instance UID {record.series_instance_uid} already belongs to "
+                    f"study {owner}; this instance of study {place[0]} reuses it and is "
+                    "kept apart. Have the sender give every series its own UID"
+                )
+            already = conn.execute(
+                select(quarantine_table.c.quarantine_id).where(
+                    quarantine_table.c.stage == "identity",
+                    quarantine_table.c.path == record.path,
+                )
+            ).first()
+            if already is not None:
+                continue  # recorded again at start-up (register_unrecorded): one record
+            logger.warning("identity conflict: %s", reason)
+            conn.execute(
+                insert(quarantine_table).values(
+                    quarantine_id=uuid.uuid4().hex,
+                    at=now,
+                    stage="identity",
+                    reason=reason,
+                    path=record.path,
+                    sop_instance_uid=record.sop_instance_uid,
+                    series_uid=record.series_instance_uid,
+                    calling_ae=record.calling_ae,
+                )
+            )
+        return kept
+
+    def _apply_series_delta(
+        self, conn: Connection, series_uid: str, delta: _SeriesDelta, now: float
+    ) -> bool:
+        """Update (or create) the series row; True when the series is new."""
+        current = conn.execute(
+            select(series_table).where(series_table.c.series_uid == series_uid)
+        ).first()
+        if current is None:
+            first = delta.first
+            conn.execute(
+                insert(series_table).values(
+                    series_uid=series_uid,
+                    study_uid=first.study_instance_uid,
+                    modality=first.modality,
+                    calling_ae=first.calling_ae,
+                    called_ae=first.called_ae,
+                    peer=first.peer,
+                    first_received_at=delta.earliest,
+                    last_received_at=delta.latest,
+                    instance_count=delta.new,
+                    resent_count=delta.resent,
+                    state=SeriesState.RECEIVING.value,
+                    updated_at=now,
+                    receiving_since=delta.earliest,
+                )
+            )
+            return True
+        values: dict[str, Any] = {}
+        if current.state != SeriesState.RECEIVING.value:
+            # Completed before: these instances begin a new sending run (a re-send, late
+            # images), whose receive stage and forced completion count from here.
+            values["receiving_since"] = delta.earliest
+        conn.execute(
+            update(series_table)
+            .where(series_table.c.series_uid == series_uid)
+            .values(
+                last_received_at=max(current.last_received_at, delta.latest),
+                instance_count=series_table.c.instance_count + delta.new,
+                resent_count=series_table.c.resent_count + delta.resent,
+                state=SeriesState.RECEIVING.value,
+                reason=None,
+                updated_at=now,
+                **values,
+            )
+        )
+        return False
+
+    def quiet_series(self, *, last_received_before: float) -> list[SeriesRecord]:
+        """Series still RECEIVING whose newest instance arrived before the given time."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(series_table)
+                .where(series_table.c.state == SeriesState.RECEIVING.value)
+                .where(series_table.c.last_received_at <= last_received_before)
+                .order_by(series_table.c.last_received_at)
+            ).all()
+        return [_series_record(row) for row in rows]
+
+    def get_series(self, series_uid: str) -> SeriesRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(series_table).where(series_table.c.series_uid == series_uid)
+            ).first()
+        if row is None:
+            raise KeyError(f"no series {series_uid} in the ledger")
+        return _series_record(row)
+
+    def list_series(
+        self,
+        *,
+        states: Iterable[SeriesState] | None = None,
+        updated_before: float | None = None,
+        limit: int = 100,
+    ) -> list[SeriesRecord]:
+        query = select(series_table).order_by(series_table.c.last_received_at.desc()).limit(limit)
+        if states is not None:
+            query = query.where(series_table.c.state.in_([s.value for s in states]))
+        if updated_before is not None:
+            query = query.where(series_table.c.updated_at < updated_before)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_series_record(row) for row in rows]
+
+    def set_series_state(
+        self,
+        series_uid: str,
+        state: SeriesState,
+        reason: str | None = None,
+        *,
+        completed_at: float | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"state": state.value, "reason": reason, "updated_at": time.time()}
+        if completed_at is not None:
+            values["completed_at"] = completed_at
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(series_table).where(series_table.c.series_uid == series_uid).values(**values)
+            )
+
+    # -- studies -------------------------------------------------------------------------
+
+    def studies(self, *, state: StudyState | None = None) -> list[StudyRecord]:
+        query = select(studies_table).order_by(studies_table.c.last_received_at)
+        if state is not None:
+            query = query.where(studies_table.c.state == state.value)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_study_record(row) for row in rows]
+
+    def get_study(self, study_uid: str) -> StudyRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(studies_table).where(studies_table.c.study_uid == study_uid)
+            ).first()
+        if row is None:
+            raise KeyError(f"no study {study_uid} in the ledger")
+        return _study_record(row)
+
+    def series_of_study(self, study_uid: str) -> list[SeriesRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(series_table)
+                .where(series_table.c.study_uid == study_uid)
+                .order_by(series_table.c.first_received_at)
+            ).all()
+        return [_series_record(row) for row in rows]
+
+    def set_study_state(
+        self, study_uid: str, state: StudyState, reason: str | None = None, *, completed_at: float
+    ) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(studies_table)
+                .where(studies_table.c.study_uid == study_uid)
+                .values(
+                    state=state.value,
+                    reason=reason,
+                    completed_at=completed_at,
+                    updated_at=time.time(),
+                )
+            )
+
+    def series_instances(self, series_uid: str) -> list[StoredInstance]:
+        """The stored instances of a series, in arrival order."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(instances_table)
+                .where(instances_table.c.series_uid == series_uid)
+                .order_by(instances_table.c.received_at)
+            ).all()
+        return [
+            StoredInstance(
+                sop_instance_uid=row.sop_instance_uid,
+                sop_class_uid=row.sop_class_uid,
+                transfer_syntax_uid=row.transfer_syntax_uid,
+                path=row.path,
+                size=row.size,
+                receive_count=row.receive_count,
+            )
+            for row in rows
+        ]
+
+    def count_instances(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(instances_table)).scalar_one())
+
+
+def _receipt_counts(records: Sequence[InstanceRecord]) -> dict[CounterKey, float]:
+    """Instances and bytes received per calling AE and SOP class (re-sent ones too)."""
+    counts: dict[CounterKey, float] = {}
+    for record in records:
+        labels = {"calling_ae": record.calling_ae, "sop_class_uid": record.sop_class_uid}
+        for name, amount in (("instances_received", 1.0), ("bytes_received", float(record.size))):
+            key = counter_key(name, **labels)
+            counts[key] = counts.get(key, 0.0) + amount
+    return counts
+
+
+class _StudyDelta:
+    __slots__ = ("earliest", "latest", "new_series", "newest_series_at")
+
+    def __init__(self) -> None:
+        self.earliest = float("inf")
+        self.latest = float("-inf")
+        self.new_series = 0
+        self.newest_series_at = float("-inf")
+
+    def add(self, series: _SeriesDelta, *, new_series: bool) -> None:
+        self.earliest = min(self.earliest, series.earliest)
+        self.latest = max(self.latest, series.latest)
+        if new_series:
+            self.new_series += 1
+            self.newest_series_at = max(self.newest_series_at, series.earliest)
+
+
+def _apply_study_delta(conn: Connection, study_uid: str, delta: _StudyDelta, now: float) -> None:
+    current = conn.execute(
+        select(studies_table).where(studies_table.c.study_uid == study_uid)
+    ).first()
+    if current is None:
+        conn.execute(
+            insert(studies_table).values(
+                study_uid=study_uid,
+                first_received_at=delta.earliest,
+                last_received_at=delta.latest,
+                last_new_series_at=delta.newest_series_at if delta.new_series else delta.earliest,
+                series_count=delta.new_series,
+                state=StudyState.RECEIVING.value,
+                updated_at=now,
+            )
+        )
+        return
+    conn.execute(
+        update(studies_table)
+        .where(studies_table.c.study_uid == study_uid)
+        .values(
+            last_received_at=max(current.last_received_at, delta.latest),
+            last_new_series_at=max(current.last_new_series_at, delta.newest_series_at),
+            series_count=studies_table.c.series_count + delta.new_series,
+            state=StudyState.RECEIVING.value,
+            reason=None,
+            updated_at=now,
+        )
+    )
+
+
+class _SeriesDelta:
+    __slots__ = ("earliest", "first", "latest", "new", "resent")
+
+    def __init__(self, first: InstanceRecord) -> None:
+        self.first = first
+        self.earliest = first.received_at
+        self.latest = first.received_at
+        self.new = 0
+        self.resent = 0
+
+    def add(self, record: InstanceRecord, *, resent: bool) -> None:
+        self.earliest = min(self.earliest, record.received_at)
+        self.latest = max(self.latest, record.received_at)
+        if resent:
+            self.resent += 1
+        else:
+            self.new += 1
