@@ -151,6 +151,8 @@ def main() -> None:
             ledger = Ledger(settings.resolved_ledger_url)
             ledger.create_schema()
             job_id = fill(ledger, count)
+            # The gauges the ledger keeps as it goes, set once for the rows put in above.
+            ledger.recount_states()
             server = server_class(settings, ledger, inspector=None)
             server.start()
             base = f"http://127.0.0.1:{server.port}"

@@ -3,6 +3,7 @@
     python benchmarks/inference.py                 # every case that can run here
     python benchmarks/inference.py --quick         # small inputs (a minute on 2 cores)
     python benchmarks/inference.py --cases unet,deepbrain --device cuda:0
+    python benchmarks/inference.py --json rows.json  # also the rows as JSON (benchmarks/gpu-check)
 
 Each case reads a real DICOM series from disk (decode), runs the model through
 ``ModelRunner`` with ``profile=True`` (the GPU is synchronised at stage boundaries, so
@@ -12,24 +13,29 @@ the split is exact), and writes the SEG and SR (write). Cases:
   PyTorch eager and compiled (ct-lungs has Python control flow: no ONNX export);
 * ``unet``: a randomly initialised MONAI 3D U-Net (16-32-64-128, 2 classes) over the
   LIDC CT resampled to 1.5 mm, sliding windows 96³ (overlap 0.25, batch 2): PyTorch
-  eager, PyTorch compiled, ONNX Runtime (fp32), and TensorRT (fp32, fp16) on a GPU;
+  eager, PyTorch compiled, ONNX Runtime (fp32), and on a GPU PyTorch AMP (fp16
+  autocast), ONNX Runtime with its CUDA provider and TensorRT (fp32, fp16);
 * ``mindgrab`` / ``deepbrain``: the two real brain-extraction models on the MNI152 T1
-  template wrapped in a synthetic skull (tests/support/brain.py), ONNX Runtime and
-  TensorRT.
+  template wrapped in a synthetic skull (benchmarks/_support/brain.py), ONNX Runtime
+  (CPU, and its CUDA provider on a GPU) and TensorRT.
 
-A case whose backend cannot run here is listed as skipped with the reason.
+Per row: ms per window and per study (the network's time for the whole series), each
+stage, and the time to open the backend: for TensorRT the engine build (an empty engine
+folder) and then, opening it again, the cache hit (``hit`` when no engine was built the
+second time). A case whose backend cannot run here is listed as skipped with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +45,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._support.models import benchmark_unet, export_onnx, write_package  # noqa: E402
 from inference.backends.base import BackendUnavailableError  # noqa: E402
 from inference.pipeline import ModelRunner  # noqa: E402
 from inference.results import write_results  # noqa: E402
 from inference.volume import load_series  # noqa: E402
 from models.registry import BUILTIN_DIR, EXAMPLES_DIR, ModelPackage, load_package  # noqa: E402
-from tests.support.models import benchmark_unet, export_onnx, write_package  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 STAGES = ("decode", "preprocess", "network", "stitch", "postprocess", "write")
@@ -56,10 +62,19 @@ class Row:
     backend: str
     windows: int
     timings: dict[str, float]
+    #: Seconds to open the backend (TensorRT: building the engine when none is cached).
+    open_seconds: float = 0.0
+    #: TensorRT: seconds to open it again from the engine cache, and whether it was a hit.
+    cached_open_seconds: float | None = None
+    cache_hit: bool | None = None
 
     @property
     def network_ms_per_window(self) -> float:
         return 1000 * self.timings["network"] / max(self.windows, 1)
+
+    @property
+    def network_ms_per_study(self) -> float:
+        return 1000 * self.timings["network"]
 
     @property
     def total(self) -> float:
@@ -76,7 +91,7 @@ def lidc_series(work: Path) -> list[Path]:
 
 
 def head_series(work: Path, *, small: bool) -> list[Path]:
-    from tests.support.brain import full_head, small_head, write_mr_series  # noqa: PLC0415
+    from benchmarks._support.brain import full_head, small_head, write_mr_series  # noqa: PLC0415
 
     folder = work / ("head-small" if small else "head")
     if folder.is_dir():
@@ -113,7 +128,7 @@ def unet_package(work: Path, backends: list[dict[str, Any]], *, quick: bool) -> 
         },
         "network": {
             "kind": "python",
-            "entry": "tests.support.models:benchmark_unet",
+            "entry": "benchmarks._support.models:benchmark_unet",
             "onnx": {"path": "model.onnx"},
             "input_name": "image",
             "output_name": "output",
@@ -143,9 +158,7 @@ def with_backends(
         network["path"] = str(package.resolve(network["path"]))
     if network.get("onnx"):
         network["onnx"]["path"] = str(package.resolve(network["onnx"]["path"]))
-    name = "-".join(
-        f"{b['name']}{'c' if b.get('compile') else ''}{b.get('precision', '')}" for b in backends
-    )
+    name = "-".join(_describe(b).replace(" ", "-").replace("+", "-") for b in backends)
     folder = work / "packages" / f"{package.id}-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.yaml").write_text(yaml.safe_dump(content))
@@ -163,12 +176,24 @@ def run_case(
     out: Path,
 ) -> Row | str:
     try:
+        started = time.perf_counter()
         runner = ModelRunner(package, device=device, engine_dir=engine_dir, profile=True)
+        open_seconds = time.perf_counter() - started
     except BackendUnavailableError as exc:
         return f"{label}: skipped ({exc})"
     if runner.fallbacks:
         runner.close()
         return f"{label}: skipped ({runner.fallbacks[0].reason})"
+    cached_open: float | None = None
+    hit: bool | None = None
+    if runner.backend.name == "tensorrt":
+        # Open it again: the engine must now come from the cache, not be built again.
+        runner.close()
+        engines = _engine_files(engine_dir)
+        started = time.perf_counter()
+        runner = ModelRunner(package, device=device, engine_dir=engine_dir, profile=True)
+        cached_open = time.perf_counter() - started
+        hit = _engine_files(engine_dir) == engines
     started = time.perf_counter()
     volume = load_series(paths)
     decode = time.perf_counter() - started
@@ -180,7 +205,13 @@ def run_case(
         write_results(volume, prediction, package.manifest, out_dir=out)
         timings = {"decode": decode, **prediction.timings, "write": time.perf_counter() - started}
         row = Row(
-            label, f"{prediction.backend}/{prediction.precision}", prediction.windows, timings
+            label,
+            f"{prediction.backend}/{prediction.precision}",
+            prediction.windows,
+            timings,
+            open_seconds=open_seconds,
+            cached_open_seconds=cached_open,
+            cache_hit=hit,
         )
         if best is None or row.total < best.total:
             best = row
@@ -189,10 +220,21 @@ def run_case(
     return best
 
 
+def _engine_files(engine_dir: Path) -> set[str]:
+    return {p.name for p in engine_dir.rglob("*.engine")} if engine_dir.is_dir() else set()
+
+
 def cases(
     work: Path, *, quick: bool, only: set[str] | None
 ) -> list[tuple[str, Callable[[], tuple[ModelPackage, list[Path]]], list[dict[str, Any]]]]:
-    gpu = [{"name": "tensorrt", "precision": "fp32"}, {"name": "tensorrt", "precision": "fp16"}]
+    # GPU-only rows (skipped with the reason elsewhere): ONNX Runtime's CUDA provider,
+    # TensorRT in both precisions.
+    ort_cuda = {"name": "onnxruntime", "execution_providers": ["cuda"]}
+    gpu = [
+        ort_cuda,
+        {"name": "tensorrt", "precision": "fp32"},
+        {"name": "tensorrt", "precision": "fp16"},
+    ]
     listed: list[
         tuple[str, Callable[[], tuple[ModelPackage, list[Path]]], list[dict[str, Any]]]
     ] = []
@@ -206,7 +248,13 @@ def cases(
         (
             "unet",
             lambda: (unet_package(work, [{"name": "torch"}], quick=quick), lidc_series(work)),
-            [{"name": "torch"}, {"name": "torch", "compile": True}, {"name": "onnxruntime"}, *gpu],
+            [
+                {"name": "torch"},
+                {"name": "torch", "compile": True},
+                {"name": "torch", "precision": "fp16"},
+                {"name": "onnxruntime"},
+                *gpu,
+            ],
         ),
         (
             "deepbrain",
@@ -239,6 +287,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small inputs")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile cases")
+    parser.add_argument("--json", type=Path, help="also write the rows (and skips) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     only = set(args.cases.split(",")) if args.cases else None
@@ -251,7 +300,7 @@ def main() -> None:
             for backend in backends:
                 if args.no_compile and backend.get("compile"):
                     continue
-                label = f"{name} [{backend['name']}{'+compile' if backend.get('compile') else ''}]"
+                label = f"{name} [{_describe(backend)}]"
                 variant = with_backends(package, [backend], work)
                 result = run_case(
                     label,
@@ -269,6 +318,20 @@ def main() -> None:
                     print_row(result, header=len(rows) == 1, device=args.device)
     for line in skipped:
         print(line)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2)
+        )
+
+
+def _describe(backend: dict[str, Any]) -> str:
+    """``torch+compile``, ``torch fp16`` (AMP), ``onnxruntime cuda``, ``tensorrt fp16``."""
+    text = backend["name"] + ("+compile" if backend.get("compile") else "")
+    if backend.get("execution_providers"):
+        text += " " + "+".join(backend["execution_providers"])
+    if backend.get("precision", "fp32") != "fp32":
+        text += f" {backend['precision']}"
+    return text
 
 
 def print_row(row: Row, *, header: bool, device: str) -> None:
@@ -280,18 +343,22 @@ def print_row(row: Row, *, header: bool, device: str) -> None:
         )
         print(f"device: {device} ({where})")
         print(
-            f"{'case':34} {'backend':18} {'windows':>7} {'ms/window':>10} {'windows/s':>9} "
+            f"{'case':34} {'backend':18} {'windows':>7} {'ms/window':>10} {'ms/study':>10} "
+            f"{'windows/s':>9} "
             + " ".join(f"{s:>11}" for s in STAGES)
-            + f" {'total s':>8} {'network %':>9}"
+            + f" {'total s':>8} {'network %':>9} {'open s':>8} {'engine cache':>14}"
         )
     t = row.timings
     per_second = row.windows / t["network"] if t["network"] > 0 else float("inf")
     share = 100 * t["network"] / row.total
+    cache = ""
+    if row.cached_open_seconds is not None:
+        cache = f"{'hit' if row.cache_hit else 'MISS'} {row.cached_open_seconds:.2f} s"
     print(
         f"{row.case:34} {row.backend:18} {row.windows:7d} {row.network_ms_per_window:10.1f} "
-        f"{per_second:9.2f} "
+        f"{row.network_ms_per_study:10.1f} {per_second:9.2f} "
         + " ".join(f"{t.get(s, 0.0):11.3f}" for s in STAGES)
-        + f" {row.total:8.2f} {share:8.1f}%",
+        + f" {row.total:8.2f} {share:8.1f}% {row.open_seconds:8.2f} {cache:>14}",
         flush=True,
     )
 

@@ -45,17 +45,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.settings import Settings, validate_settings  # noqa: E402
-from dicom_node.node import Node  # noqa: E402
-from dicom_node.scu import send_files  # noqa: E402
-from tests.support.peers import (  # noqa: E402
+from benchmarks._support.peers import (  # noqa: E402
     LOCALHOST,
     Orthanc,
     StoreSCP,
     dcmtk_env,
     find_tool,
     free_port,
+    process_tree,
 )
+from core.settings import Settings, validate_settings  # noqa: E402
+from dicom_node.encoding import is_part10  # noqa: E402
+from dicom_node.node import Node  # noqa: E402
+from dicom_node.scu import send_files  # noqa: E402
 
 SHARED_CT = "ct-lidc-idri-0314/series.tar.xz"
 PARALLEL = 4
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _data(args: argparse.Namespace, work: Path) -> tuple[list[Path], str]:
     if args.data is not None:
-        files = sorted(p for p in args.data.rglob("*") if p.is_file() and _is_dicom(p))
+        files = sorted(p for p in args.data.rglob("*") if p.is_file() and is_part10(p))
         return files, f"{len(files)} files from {args.data}"
     archive = (
         Path(os.environ.get("PACS_AI_SHARED_DATA", REPO.parent / "shared" / "data")) / SHARED_CT
@@ -153,11 +155,6 @@ def _data(args: argparse.Namespace, work: Path) -> tuple[list[Path], str]:
         files = sorted(target.rglob("*.dcm"))
         return files, f"LIDC-IDRI-0314 chest CT, {len(files)} slices 512x512 ({archive})"
     return _generate(work / "data", 300), "generated CT, 300 slices 512x512, Explicit VR LE"
-
-
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as stream:
-        return stream.read(132)[128:] == b"DICM"
 
 
 def _generate(folder: Path, count: int) -> list[Path]:
@@ -376,19 +373,6 @@ def _send_ours(target: Target, files: Sequence[Path]) -> Sample:
 # --------------------------------------------------------------------------- memory
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (Linux /proc)."""
-    try:
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
-    except OSError:
-        return []
-    return [pid, *(p for child in children for p in _tree(child))]
-
-
 def _rss_mib(pids: Sequence[int]) -> float:
     total = 0
     for pid in pids:
@@ -418,7 +402,7 @@ class _PeakSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            pids = [p for root in self._roots() for p in _tree(root)]
+            pids = [p for root in self._roots() for p in process_tree(root)]
             self.peak = max(self.peak, _rss_mib(pids))
 
 
@@ -445,7 +429,7 @@ def _measure_memory(
             (scp, "DCMTK storescp --fork"),
         ):
             roots = target.memory_roots
-            idle = _rss_mib([p for root in roots() for p in _tree(root)])
+            idle = _rss_mib([p for root in roots() for p in process_tree(root)])
             peaks = []
             for parallel in (1, MEMORY_PARALLEL):
                 with _PeakSampler(roots) as sampler:

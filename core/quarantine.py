@@ -16,13 +16,14 @@ bytes after ``retention.quarantine_days``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from core.files import atomic_copy, atomic_write, fsync_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,29 +101,14 @@ class Quarantine:
         size = len(data) if data is not None else source.stat().st_size if source else 0
         not_kept = self._why_not_kept(size) if size else None
         if not_kept is None and data is not None:
-            _write_durably(folder / INSTANCE_FILE, bytes(data))
+            atomic_write(folder / INSTANCE_FILE, data)
         elif not_kept is None and source is not None:
-            _copy_durably(source, folder / INSTANCE_FILE)
+            atomic_copy(source, folder / INSTANCE_FILE)
         self._usage += 0 if not_kept else size
         record = {"quarantine_id": qid, "at": time.time(), **asdict(entry)}
         if not_kept is not None:
             record["not_kept"] = not_kept
-        _write_durably(folder / "error.json", json.dumps(record, indent=2, sort_keys=True).encode())
+        atomic_write(folder / "error.json", json.dumps(record, indent=2, sort_keys=True).encode())
+        # The new folder's own name must survive a power cut too, or so would not its files.
+        fsync_dir(self.root)
         return folder
-
-
-def _copy_durably(source: Path, path: Path) -> None:
-    temporary = path.with_suffix(path.suffix + ".part")
-    shutil.copyfile(source, temporary)
-    with temporary.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    temporary = path.with_suffix(path.suffix + ".part")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)

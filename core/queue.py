@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from celery import Celery
 from kombu import Queue
 
-from core.broker import broker_url
+from core.broker import broker_url, redis_client, transport_options
 from core.errors import TransientError
 from core.jobs import JobRecord
 from core.messages import RUN_JOB_TASK, RunJobMessage, model_queue
@@ -49,6 +51,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=int(settings.worker.job_timeout_seconds),
         broker_transport_options={
+            # Redis Sentinel: the master's name (BrokerInspector reads it here too).
+            **transport_options(settings),
             "visibility_timeout": visibility_timeout,
             "priority_steps": PRIORITY_STEPS,
             "sep": ":",
@@ -118,18 +122,13 @@ class BrokerInspector:
         self._app = app
         self._socket_timeout = socket_timeout
 
-    def _client(self) -> redis.Redis:
-        import redis  # noqa: PLC0415
-
-        url = str(self._app.conf.broker_url)
-        timeout = self._socket_timeout
-        if url.startswith("redis+socket://"):
-            return redis.Redis(
-                unix_socket_path=url.removeprefix("redis+socket://"),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    @contextmanager
+    def _client(self) -> Iterator[redis.Redis]:
+        options = self._app.conf.broker_transport_options or {}
+        with redis_client(
+            str(self._app.conf.broker_url), options, timeout=self._socket_timeout
+        ) as client:
+            yield client
 
     def ping(self) -> None:
         """Raises:
@@ -137,13 +136,11 @@ class BrokerInspector:
         """
         import redis  # noqa: PLC0415
 
-        client = self._client()
         try:
-            client.ping()
+            with self._client() as client:
+                client.ping()
         except (redis.RedisError, OSError) as exc:
             raise TransientError(f"the broker does not answer: {exc}") from exc
-        finally:
-            client.close()
 
     def queue_depths(self) -> list[QueueDepth]:
         """Every non-empty model queue and priority step, with its oldest job.
@@ -156,24 +153,22 @@ class BrokerInspector:
         """
         import redis  # noqa: PLC0415
 
-        client = self._client()
         depths: list[QueueDepth] = []
         try:
-            for raw_key in client.scan_iter(match=f"{model_queue('')}*", count=500):
-                key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-                queue, priority = _queue_and_priority(key)
-                if client.type(key) not in (b"list", "list"):
-                    continue
-                depth = int(client.llen(key))
-                if depth == 0:
-                    continue
-                oldest = client.lindex(key, -1)
-                ids = _job_ids_in(oldest) if oldest is not None else set()
-                depths.append(QueueDepth(queue, priority, depth, next(iter(ids), None)))
+            with self._client() as client:
+                for raw_key in client.scan_iter(match=f"{model_queue('')}*", count=500):
+                    key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+                    queue, priority = _queue_and_priority(key)
+                    if client.type(key) not in (b"list", "list"):
+                        continue
+                    depth = int(client.llen(key))
+                    if depth == 0:
+                        continue
+                    oldest = client.lindex(key, -1)
+                    ids = _job_ids_in(oldest) if oldest is not None else set()
+                    depths.append(QueueDepth(queue, priority, depth, next(iter(ids), None)))
         except redis.RedisError as exc:
             raise TransientError(f"cannot read the broker: {exc}") from exc
-        finally:
-            client.close()
         return sorted(depths, key=lambda d: (d.queue, d.priority))
 
     def unacked_by_queue(self) -> dict[str, int]:
@@ -184,19 +179,17 @@ class BrokerInspector:
         """
         import redis  # noqa: PLC0415
 
-        client = self._client()
         counts: dict[str, int] = {}
         try:
-            for raw in client.hvals("unacked"):
-                try:
-                    queue = str(json.loads(raw)[2])
-                except (ValueError, IndexError, TypeError):
-                    continue
-                counts[queue] = counts.get(queue, 0) + 1
+            with self._client() as client:
+                for raw in client.hvals("unacked"):
+                    try:
+                        queue = str(json.loads(raw)[2])
+                    except (ValueError, IndexError, TypeError):
+                        continue
+                    counts[queue] = counts.get(queue, 0) + 1
         except redis.RedisError as exc:
             raise TransientError(f"cannot read the broker: {exc}") from exc
-        finally:
-            client.close()
         return counts
 
     def job_ids(self) -> set[str]:
@@ -207,18 +200,16 @@ class BrokerInspector:
         """
         import redis  # noqa: PLC0415
 
-        client = self._client()
         found: set[str] = set()
         try:
-            for key in client.scan_iter(match=f"{model_queue('')}*", count=500):
-                for raw in client.lrange(key, 0, -1):
+            with self._client() as client:
+                for key in client.scan_iter(match=f"{model_queue('')}*", count=500):
+                    for raw in client.lrange(key, 0, -1):
+                        found.update(_job_ids_in(raw))
+                for raw in client.hvals("unacked"):
                     found.update(_job_ids_in(raw))
-            for raw in client.hvals("unacked"):
-                found.update(_job_ids_in(raw))
         except redis.RedisError as exc:
             raise TransientError(f"cannot read the broker: {exc}") from exc
-        finally:
-            client.close()
         return found
 
 

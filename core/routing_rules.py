@@ -18,6 +18,9 @@ A rule says which received series go to which models and destinations, and when:
 ``on_implausible``
     ``hold`` (default) or ``deliver_flagged``: what happens to a result outside what its
     model declares plausible (see :mod:`inference.plausibility`).
+``shadow``
+    ``true``: jobs run and their results are kept in the node, never delivered
+    (``pacs-ai resend JOB_ID`` delivers one later).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from pydantic import (
     model_validator,
 )
 from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+
+#: Route names of the jobs of studies pulled from a PACS for named models (``pacs-ai run
+#: --models``, ``pacs-ai backfill --models``): no configured route may take them.
+PULL_ROUTE_NAMES = frozenset({"run", "backfill"})
 
 #: The tags of the condition union (:data:`MatchValue`), which error locations carry but
 #: users never write: :func:`core.validation.describe` leaves them out.
@@ -64,11 +71,17 @@ class _Section(BaseModel):
 class ConditionSpec(_Section):
     """A condition on one value; every part given must hold."""
 
+    #: The value equals this (text compared exactly, numbers numerically).
     equals: MatchScalar | None = None
+    #: The value is one of these.
     one_of: list[MatchScalar] | None = None
+    #: A Python regular expression searched anywhere in the value (``(?i)``: any case).
     regex: str | None = None
+    #: Numeric lower bound, inclusive.
     min: float | None = None
+    #: Numeric upper bound, inclusive.
     max: float | None = None
+    #: ``true``: the attribute has a value; ``false``: it is absent or empty.
     present: bool | None = None
 
     @model_validator(mode="after")
@@ -122,6 +135,7 @@ DicomKeyword = Annotated[str, AfterValidator(_check_keyword)]
 class SeriesCondition(_Section):
     """A study is complete early once some received series matches and is this large."""
 
+    #: DICOM keyword -> condition that the series' first instance must meet.
     match: dict[DicomKeyword, MatchValue] = {}
     #: Images received: instances, each frame of an enhanced multi-frame instance counting
     #: as one (such a series is often a single instance).
@@ -131,15 +145,24 @@ class SeriesCondition(_Section):
 class RouteSettings(_Section):
     """A routing rule: which series go to which models, and where results are sent."""
 
+    #: Unique; shown on the dashboard and in every job of the route.
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: DICOM keyword -> condition, all of which must hold on the series' first instance:
+    #: a value (equals), a list (one of), or a condition mapping.
     match: dict[DicomKeyword, MatchValue] = {}
+    #: The same conditions on the calling AE title of the association that brought it.
     calling_ae: MatchValue | None = None
+    #: ... and on the called AE title (the node's own or one of its aliases).
     called_ae: MatchValue | None = None
     #: Sender addresses or networks, e.g. ``[10.1.2.3, 192.168.0.0/16]``; empty: any.
     source: list[str] = []
+    #: ``series``: a job per complete series; ``study``: one when the whole study is.
     trigger: Literal["series", "study"] = "series"
+    #: ``trigger: study`` only: the study is complete as soon as every condition is met.
     complete_when: list[SeriesCondition] = []
+    #: Model package ids to run on the series, one job each.
     models: list[str] = []
+    #: Destinations (by name) that receive the results.
     send_results_to: list[str] = []
     #: Router mode: forward the series as received, independent of any model.
     forward_originals_to: list[str] = []
@@ -150,6 +173,10 @@ class RouteSettings(_Section):
     #: discards it; ``deliver_flagged`` delivers it with Series Descriptions starting
     #: ``CHECK`` and the SR saying what was out of range.
     on_implausible: Literal["hold", "deliver_flagged"] = "hold"
+    #: A shadow route runs its models and keeps the results in the node, never delivering
+    #: them (``pacs-ai resend JOB_ID`` delivers one later to ``send_results_to``): a model
+    #: watched on live traffic before it goes live.
+    shadow: bool = False
 
     @field_validator("source")
     @classmethod
@@ -173,6 +200,10 @@ class RouteSettings(_Section):
             raise ValueError("send_results_to without models: there would be no results")
         if self.complete_when and self.trigger != "study":
             raise ValueError("complete_when applies to 'trigger: study' routes only")
+        if self.shadow and self.forward_originals_to:
+            raise ValueError(
+                "a shadow route delivers nothing: move forward_originals_to to another route"
+            )
         return self
 
 

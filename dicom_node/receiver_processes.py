@@ -33,8 +33,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
-
 from core.errors import PacsAiError
 from core.jobs import InstanceRecord
 from core.quarantine import Quarantine, QuarantineEntry
@@ -43,7 +41,7 @@ from dicom_node.acceptor import Acceptor, Slots
 from dicom_node.access import AccessPolicy
 from dicom_node.incoming import InstanceStore, Outcomes
 from dicom_node.receivers import STOP_GRACE_SECONDS, CountsByKey, Listener, accept_loop
-from dicom_node.spool import RecoveredInstance, Spool
+from dicom_node.spool import Spool
 from dicom_node.tls import server_context
 
 logger = logging.getLogger(__name__)
@@ -69,29 +67,6 @@ class ReceiverSpec:
     min_free_bytes: int
     quarantine_root: Path
     log_level: int
-
-
-def recovered_record(instance: RecoveredInstance, called_ae: str) -> InstanceRecord:
-    """The ledger record of an instance recovered from ``.incoming`` (sender unknown)."""
-    identity = instance.identity
-    return InstanceRecord(
-        sop_instance_uid=identity.sop_instance_uid,
-        sop_class_uid=identity.sop_class_uid,
-        series_instance_uid=identity.series_instance_uid,
-        study_instance_uid=identity.study_instance_uid,
-        transfer_syntax_uid=transfer_syntax_of(instance.path),
-        path=str(instance.path),
-        size=instance.size,
-        received_at=time.time(),
-        calling_ae="(recovered)",
-        called_ae=called_ae,
-        peer="(recovered)",
-        modality=identity.modality,
-    )
-
-
-def transfer_syntax_of(path: Path) -> str:
-    return str(read_file_meta_info(path).TransferSyntaxUID)
 
 
 class _SharedSlots(Slots):
@@ -500,7 +475,10 @@ class ProcessReceivers:
         spool = Spool(self._spec.spool_root, fsync=self._spec.fsync, recover_leftovers=False)
         for instance in spool.recover_leftovers(pid):
             # Its Success may have been sent before the process died: record it.
-            self._dispatch(("stored", recovered_record(instance, self._spec.settings.ae_title)))
+            record = instance.record(
+                received_at=time.time(), called_ae=self._spec.settings.ae_title
+            )
+            self._dispatch(("stored", record))
 
     def _reap(self, child: _Child) -> None:
         self._drain(child)

@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.files import atomic_write
 from core.jobs import InstanceRecord
 from core.ledger import Ledger
 from dicom_node.header import read_file_identity
+from dicom_node.spool import RecoveredInstance
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ class _Rescan:
 class IngestRecorder:
     """Writes :class:`InstanceRecord` batches to the ledger from a background thread."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, node: str | None = None) -> None:
+        """``node``: this node's ``node.name``, recorded as holding what it stores."""
         self._ledger = ledger
+        self._node = node
         self._queue: queue.Queue[InstanceRecord | _Rescan | None] = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -132,7 +136,9 @@ class IngestRecorder:
 
     def _rescan(self, marker: _Rescan) -> None:
         try:
-            register_unrecorded(marker.spool_root, self._ledger, modified_since=marker.since)
+            register_unrecorded(
+                marker.spool_root, self._ledger, modified_since=marker.since, node=self._node
+            )
         except Exception:
             # The files stay in the spool; the next start-up walk finds them.
             logger.exception("could not look for unrecorded instances in the spool")
@@ -144,7 +150,7 @@ class IngestRecorder:
         delay = 0.1
         while True:
             try:
-                self._ledger.record_instances(batch)
+                self._ledger.record_instances(batch, node=self._node)
                 break
             except Exception:
                 # The files are safe in the spool; keep trying, and a restart would find
@@ -162,9 +168,7 @@ class IngestRecorder:
 def write_checkpoint(spool_root: Path, *, now: float | None = None) -> None:
     """Say that files placed before ``now - CHECKPOINT_LAG_SECONDS`` are all recorded."""
     at = (time.time() if now is None else now) - CHECKPOINT_LAG_SECONDS
-    temporary = spool_root / f"{CHECKPOINT_FILE}.part"
-    temporary.write_text(f"{at:.3f}\n")
-    temporary.replace(spool_root / CHECKPOINT_FILE)
+    atomic_write(spool_root / CHECKPOINT_FILE, f"{at:.3f}\n".encode())
 
 
 def read_checkpoint(spool_root: Path) -> float | None:
@@ -176,7 +180,11 @@ def read_checkpoint(spool_root: Path) -> float | None:
 
 
 def register_unrecorded(
-    spool_root: Path, ledger: Ledger, *, modified_since: float | None = None
+    spool_root: Path,
+    ledger: Ledger,
+    *,
+    modified_since: float | None = None,
+    node: str | None = None,
 ) -> int:
     """Record spool files that the ledger does not know (acknowledged, never reported).
 
@@ -198,29 +206,13 @@ def register_unrecorded(
             if path.stem in known:
                 continue
             try:
-                identity = read_file_identity(path)
+                stat = path.stat()
+                found = RecoveredInstance(path, stat.st_size, read_file_identity(path))
+                records.append(found.record(received_at=stat.st_mtime))
             except Exception:
                 logger.exception("cannot re-register spool file %s", path)
-                continue
-            stat = path.stat()
-            records.append(
-                InstanceRecord(
-                    sop_instance_uid=identity.sop_instance_uid,
-                    sop_class_uid=identity.sop_class_uid,
-                    series_instance_uid=identity.series_instance_uid,
-                    study_instance_uid=identity.study_instance_uid,
-                    transfer_syntax_uid=_transfer_syntax(path),
-                    path=str(path),
-                    size=stat.st_size,
-                    received_at=stat.st_mtime,
-                    calling_ae="(recovered)",
-                    called_ae="(recovered)",
-                    peer="(recovered)",
-                    modality=identity.modality,
-                )
-            )
         if records:
-            ledger.record_instances(records)
+            ledger.record_instances(records, node=node)
             registered += len(records)
     if registered:
         logger.warning("registered %d spool instances missing from the ledger", registered)
@@ -232,9 +224,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return float("-inf")  # removed meanwhile (retention): nothing to record
-
-
-def _transfer_syntax(path: Path) -> str:
-    from pydicom.filereader import read_file_meta_info  # noqa: PLC0415
-
-    return str(read_file_meta_info(path).TransferSyntaxUID)

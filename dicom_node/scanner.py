@@ -20,23 +20,17 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import ALL_TRANSFER_SYNTAXES
-
 from core.errors import InvalidInputError
+from dicom_node.encoding import (
+    LONG_VRS,
+    SHORT_VRS,
+    UnknownTransferSyntaxError,
+    decode_text,
+    encoding_of,
+)
 from dicom_node.header import InstanceIdentity, check_uid
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-#: Transfer syntaxes whose whole data set is deflated (PS3.5 A.5, A.4.33 JPIP).
-DEFLATED = frozenset(
-    {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
-)
-#: Every transfer syntax pydicom or pynetdicom knows; all but the three above and the
-#: deflated ones are Explicit VR Little Endian (every encapsulated syntax is).
-KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes) | frozenset(
-    str(uid) for uid in ALL_TRANSFER_SYNTAXES
-)
+__all__ = ["DataSetScanner", "UnknownTransferSyntaxError"]
 
 _SOP_CLASS = 0x00080016
 _SOP_INSTANCE = 0x00080018
@@ -56,42 +50,14 @@ _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
 
 
-def _vr(name: str) -> int:
-    return (ord(name[0]) << 8) | ord(name[1])
+def _vr(name: bytes) -> int:
+    # The VR's two bytes as one number: the hot loop compares it without slicing.
+    return int.from_bytes(name, "big")
 
 
-_SQ, _UN, _OB, _OW = _vr("SQ"), _vr("UN"), _vr("OB"), _vr("OW")
-#: VRs with a reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset(
-    _vr(name)
-    for name in ["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]
-)
-_SHORT_VRS = frozenset(
-    _vr(name)
-    for name in [
-        "AE",
-        "AS",
-        "AT",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FL",
-        "FD",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "SL",
-        "SS",
-        "ST",
-        "TM",
-        "UI",
-        "UL",
-        "US",
-    ]
-)
+_SQ, _UN, _OB, _OW = _vr(b"SQ"), _vr(b"UN"), _vr(b"OB"), _vr(b"OW")
+_LONG_VRS = frozenset(map(_vr, LONG_VRS))
+_SHORT_VRS = frozenset(map(_vr, SHORT_VRS))
 
 #: Tag and 4-byte length; in explicit VR the last field holds VR and 2-byte length.
 _IMPLICIT_LE, _IMPLICIT_BE = struct.Struct("<HHI"), struct.Struct(">HHI")
@@ -99,10 +65,6 @@ _UL_LE, _UL_BE = struct.Struct("<I"), struct.Struct(">I")
 
 _SEQUENCE, _ITEM_KIND, _FRAGMENTS = 0, 1, 2
 _KIND_NAMES = {_SEQUENCE: "sequence", _ITEM_KIND: "item", _FRAGMENTS: "encapsulated pixel data"}
-
-
-class UnknownTransferSyntaxError(ValueError):
-    """A transfer syntax whose encoding we do not know (never negotiated)."""
 
 
 @dataclass(slots=True)
@@ -135,14 +97,11 @@ class DataSetScanner:
     """
 
     def __init__(self, transfer_syntax: str, *, max_bytes: int = 0) -> None:
-        if transfer_syntax not in KNOWN_TRANSFER_SYNTAXES:
-            raise UnknownTransferSyntaxError(f"unknown transfer syntax {transfer_syntax}")
+        encoding = encoding_of(transfer_syntax)
         self.transfer_syntax = transfer_syntax
-        self._implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
-        self._little = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
-        self._inflater = (
-            zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax in DEFLATED else None
-        )
+        self._implicit = encoding.implicit_vr
+        self._little = encoding.little_endian
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if encoding.deflated else None
         #: Bytes received (as stored, before any inflation).
         self.size = 0
         #: Largest data set accepted, as received and as inflated; 0: no limit.
@@ -218,7 +177,7 @@ class DataSetScanner:
         self._finish()
         if self._error is not None:
             raise InvalidInputError(self._error, stage="receive")
-        values = {tag: _text(value) for tag, value in self._values.items()}
+        values = {tag: decode_text(value) for tag, value in self._values.items()}
         return InstanceIdentity(
             sop_class_uid=check_uid(values.get(_SOP_CLASS, ""), "SOP Class UID (0008,0016)"),
             sop_instance_uid=check_uid(
@@ -459,8 +418,3 @@ class DataSetScanner:
                 self._capture = bytearray()
             else:
                 self._values[tag] = b""
-
-
-def _text(value: bytes) -> str:
-    # UI values are padded with NUL, CS with spaces (PS3.5 6.2).
-    return value.rstrip(b"\x00 ").lstrip(b" ").decode("ascii", errors="replace")

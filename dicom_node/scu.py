@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pynetdicom.dsutils import encode
 
 from core.errors import TransientError
 from core.settings import DestinationTlsSettings
+from dicom_node.encoding import EXPLICIT_VR_BIG_ENDIAN, NATIVE, read_file_meta
 from dicom_node.requestor import Association, AssociationFailedError, AssociationLostError
 from dicom_node.status import Status, category, is_transient_failure
 from dicom_node.tls import client_context
@@ -222,25 +222,6 @@ def send_files(
     return final
 
 
-_META_HEAD = 132 + 12  # preamble, "DICM", and (0002,0000) UL
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
-_META_ELEMENT = struct.Struct("<HH2sH")
-
-
 def _read_header(index: int, path: Path) -> _File | InstanceResult:
     """Read only the File Meta Information (PS3.10 7.1): SOP class, instance, syntax."""
 
@@ -248,65 +229,20 @@ def _read_header(index: int, path: Path) -> _File | InstanceResult:
         return InstanceResult(path, "", "", "", None, reason)
 
     try:
-        with path.open("rb") as stream:
-            head = stream.read(4096)
-            values, offset = _parse_meta(head)
-            if offset > len(head):
-                head += stream.read(offset - len(head))
-                values, offset = _parse_meta(head)
-    except (OSError, ValueError, struct.error) as exc:
+        meta = read_file_meta(path)
+    except (OSError, ValueError) as exc:
         return unreadable(f"cannot read the DICOM file meta information: {exc}")
-    names = {
-        0x0002: "MediaStorageSOPClassUID",
-        0x0003: "MediaStorageSOPInstanceUID",
-        0x0010: "TransferSyntaxUID",
-    }
-    missing = [name for element, name in names.items() if not values.get(element)]
+    missing = meta.missing()
     if missing:
         return unreadable(f"file meta information lacks {', '.join(missing)} (PS3.10 7.1)")
     return _File(
         index=index,
         path=path,
-        sop_class=UID(values[0x0002]),
-        sop_instance=UID(values[0x0003]),
-        transfer_syntax=UID(values[0x0010]),
-        offset=offset,
+        sop_class=UID(meta.sop_class_uid),
+        sop_instance=UID(meta.sop_instance_uid),
+        transfer_syntax=UID(meta.transfer_syntax_uid),
+        offset=meta.data_set_offset,
     )
-
-
-def _parse_meta(data: bytes) -> tuple[dict[int, str], int]:
-    """The group 0002 UI values by element, and the offset where the data set starts.
-
-    The offset may lie beyond ``data`` when the meta is longer than what was read.
-
-    Raises:
-        ValueError: no "DICM" prefix, or the meta cannot be parsed.
-    """
-    if data[128:132] != b"DICM":
-        raise ValueError("no DICM prefix at byte 128 (not a DICOM Part 10 file)")
-    position = 132
-    values: dict[int, str] = {}
-    end: int | None = None
-    while end is None or position < end:
-        if position + 8 > len(data):
-            if end is not None:
-                return values, end
-            raise ValueError("the file meta information is cut off")
-        group, element, vr, short = _META_ELEMENT.unpack_from(data, position)
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", data, position + 8)
-            header = 12
-        else:
-            length, header = short, 8
-        value = data[position + header : position + header + length]
-        if element == 0x0000 and length == 4:
-            end = position + header + length + struct.unpack("<I", value)[0]
-        elif vr == b"UI":
-            values[element] = value.rstrip(b"\x00 ").decode("ascii", errors="replace")
-        position += header + length
-    return values, position if end is None else end
 
 
 _ContextKey = tuple[UID, tuple[UID, ...]]
@@ -353,7 +289,7 @@ def _requested_contexts(files: list[_File]) -> list[ProposedContext]:
 
 def _is_convertible(syntax: UID) -> bool:
     """Native or deflated little endian: re-encodable in memory without touching pixels."""
-    return syntax.is_transfer_syntax and syntax.is_little_endian and not syntax.is_encapsulated
+    return syntax in NATIVE and syntax != EXPLICIT_VR_BIG_ENDIAN
 
 
 def _send_batch(

@@ -50,6 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.files import fsync_dir
+from core.jobs import InstanceRecord
+from dicom_node.encoding import read_file_meta
 from dicom_node.header import InstanceIdentity, read_identity
 
 logger = logging.getLogger(__name__)
@@ -72,13 +75,40 @@ class SpooledInstance:
     size: int
 
 
+#: The sender of an instance found in the spool but never reported: not known.
+UNKNOWN_SENDER = "(recovered)"
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveredInstance:
-    """A complete temporary file moved into place at recovery."""
+    """An instance stored but never reported, so its sender is not known: a complete
+    temporary file moved into place at recovery, or a spooled file the ledger lacks."""
 
     path: Path
     size: int
     identity: InstanceIdentity
+
+    def record(self, *, received_at: float, called_ae: str = UNKNOWN_SENDER) -> InstanceRecord:
+        """Its ledger record, with the transfer syntax read from its file meta.
+
+        Raises:
+            OSError, ValueError: the file meta cannot be read.
+        """
+        identity = self.identity
+        return InstanceRecord(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=read_file_meta(self.path).transfer_syntax_uid,
+            path=str(self.path),
+            size=self.size,
+            received_at=received_at,
+            calling_ae=UNKNOWN_SENDER,
+            called_ae=called_ae,
+            peer=UNKNOWN_SENDER,
+            modality=identity.modality,
+        )
 
 
 class Spool:
@@ -240,7 +270,7 @@ class Spool:
             self._ensure_dir(folder)
             os.replace(temporary, final)
         if sync_folder:
-            _fsync_dir(folder)
+            fsync_dir(folder)
 
     def _ensure_dir(self, folder: str) -> None:
         if folder in self._known_dirs:
@@ -250,8 +280,8 @@ class Spool:
             if self.fsync:
                 # New folders must survive a power cut too, or so would not their files.
                 parent = os.path.dirname(folder)
-                _fsync_dir(parent)
-                _fsync_dir(os.path.dirname(parent))
+                fsync_dir(parent)
+                fsync_dir(os.path.dirname(parent))
         self._known_dirs.add(folder)
 
     def _mark_complete(self, fd: int, size: int) -> bool:
@@ -436,14 +466,6 @@ def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
             pending.pop(0)
         if pending and written:
             pending[0] = pending[0][written:]
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None]:

@@ -49,3 +49,31 @@ def category(status: int) -> str:
 def is_transient_failure(status: int) -> bool:
     """Whether a failure status may succeed on retry (out of resources, processing failure)."""
     return 0xA700 <= status <= 0xA7FF or status in {0x0110, 0x0213}
+
+
+class QueryRetrieveStatus(IntEnum):
+    """C-FIND, C-GET and C-MOVE response statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4)."""
+
+    SUCCESS = 0x0000
+    #: Matches (C-FIND) or sub-operations (C-GET, C-MOVE) are continuing.
+    PENDING = 0xFF00
+    #: Pending, but the SCP does not support some optional keys (C-FIND).
+    PENDING_KEYS_UNSUPPORTED = 0xFF01
+    CANCELLED = 0xFE00
+    #: Warning: one or more sub-operations failed or had warnings (C-GET, C-MOVE).
+    SUB_OPERATIONS_FAILED = 0xB000
+    #: Refused: Out of Resources, unable to calculate the number of matches.
+    OUT_OF_RESOURCES_MATCHES = 0xA701
+    #: Refused: Out of Resources, unable to perform sub-operations.
+    OUT_OF_RESOURCES_SUB_OPERATIONS = 0xA702
+    #: Refused: Move Destination unknown (C-MOVE).
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    #: Error: Identifier does not match SOP Class.
+    IDENTIFIER_DOES_NOT_MATCH = 0xA900
+    #: Failed: Unable to process (Cxxx range).
+    UNABLE_TO_PROCESS = 0xC000
+
+
+def is_pending(status: int) -> bool:
+    """Whether a C-FIND / C-GET / C-MOVE response says more are coming."""
+    return status in (QueryRetrieveStatus.PENDING, QueryRetrieveStatus.PENDING_KEYS_UNSUPPORTED)

@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The same fixed UID in the node and worker images: both write the shared data_dir volume.
+# The same fixed UID in the node and worker images, so that a data_dir on a host folder
+# has one owner whichever image wrote it.
 RUN groupadd --system --gid 10001 pacsai \
  && useradd --system --uid 10001 --gid pacsai --home-dir /var/lib/pacs-ai --no-create-home pacsai \
  && mkdir -p /var/lib/pacs-ai /etc/pacs-ai \
@@ -22,9 +23,10 @@ COPY dicom_node ./dicom_node
 COPY inference ./inference
 COPY models ./models
 COPY workers ./workers
+COPY node_services ./node_services
 COPY monitor ./monitor
 COPY pacs_ai ./pacs_ai
-RUN pip install . && pacs-ai --help > /dev/null
+RUN pip install ".[postgres]" && pacs-ai --help > /dev/null
 
 COPY docker/config.yaml /etc/pacs-ai/config.yaml
 

@@ -34,9 +34,10 @@ COPY dicom_node ./dicom_node
 COPY inference ./inference
 COPY models ./models
 COPY workers ./workers
+COPY node_services ./node_services
 COPY monitor ./monitor
 COPY pacs_ai ./pacs_ai
-RUN pip install ".[tensorrt,onnx,codecs]" && pacs-ai --help > /dev/null
+RUN pip install ".[tensorrt,onnx,codecs,postgres]" && pacs-ai --help > /dev/null
 
 COPY docker/config.yaml /etc/pacs-ai/config.yaml
 

@@ -53,15 +53,20 @@ class ClassResult:
         return self.probability >= self.spec.threshold
 
 
+#: A label map ``[z, y, x]``: uint8, or uint16 for a model with label values above 255.
+Labels = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+
+
 @dataclass(frozen=True)
 class Prediction:
     """A model's output for one volume.
 
-    Segmentation: ``labels`` ``[z, y, x]`` on the volume's own grid. Classification:
-    ``labels`` is ``None`` and ``classes`` holds one probability per class.
+    Segmentation: ``labels`` ``[z, y, x]`` on the volume's own grid, uint8 when every
+    label value the model declares is below 256 (most models), else uint16.
+    Classification: ``labels`` is ``None`` and ``classes`` holds one probability per class.
     """
 
-    labels: npt.NDArray[np.uint16] | None
+    labels: Labels | None
     backend: str
     precision: str
     device: str
@@ -218,7 +223,7 @@ class ModelRunner:
         timings["stitch"] = stats.stitch_seconds
 
         started = time.perf_counter()
-        labels: npt.NDArray[np.uint16] | None = None
+        labels: Labels | None = None
         classes: tuple[ClassResult, ...] = ()
         if self.manifest.task == "classification":
             classes = self._classes(output)
@@ -376,7 +381,7 @@ class ModelRunner:
             results.append(ClassResult(spec=spec, probability=float(probabilities[spec.index])))
         return tuple(results)
 
-    def _labels(self, output: torch.Tensor, prepared: Prepared) -> npt.NDArray[np.uint16]:
+    def _labels(self, output: torch.Tensor, prepared: Prepared) -> Labels:
         if output.ndim != 5 or output.shape[0] != 1:
             raise RuntimeError(
                 f"model {self.manifest.id}: expected a [1, C, z, y, x] output, "
@@ -388,14 +393,25 @@ class ModelRunner:
                 f"model {self.manifest.id}: the network's labels are {labels.dtype}, "
                 "not non-negative integers"
             )
-        values = labels.to(torch.int32).cpu().numpy()
+        # In the narrowest integer type that holds them (uint8 for most models): a wider
+        # copy of a CT's labels would be the largest array of the whole job.
+        narrow = labels.dtype == torch.uint8
+        if not narrow:
+            labels = labels.to(torch.uint8 if int(labels.max()) < 256 else torch.int32)
+        values = labels.cpu().numpy()
         if self.manifest.postprocessing.largest_component:
+            # Changed in place: never the network's own output buffer.
+            values = values.copy() if narrow else values
             keep_largest_components(values)
         self._check_declared(values)
         on_grid = prepared.reorientation.inverse(values)
+        # uint8 for a model whose label values all fit (half the memory of uint16, and
+        # what a SEG encodes its segment numbers in).
+        if max((label.value for label in self.manifest.labels), default=0) < 256:
+            return np.ascontiguousarray(on_grid, dtype=np.uint8)
         return np.ascontiguousarray(on_grid, dtype=np.uint16)
 
-    def _check_declared(self, values: npt.NDArray[np.int32]) -> None:
+    def _check_declared(self, values: npt.NDArray[np.integer]) -> None:
         known = {label.value for label in self.manifest.labels} | {0}
         # Only values up to the maximum can occur: a full scan happens only when the
         # manifest leaves gaps below it (np.unique would sort ~10^8 voxels every time).

@@ -69,6 +69,7 @@ from pydicom.uid import (
 )
 
 from core.errors import InvalidInputError
+from inference.decoders import decoding_plugin
 from inference.volume import (
     STAGE,
     Volume,
@@ -319,7 +320,7 @@ def _decode_into(out: npt.NDArray[np.float32], header: Dataset, name: str) -> No
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            stored = pixel_array(header)
+            stored = pixel_array(header, decoding_plugin=decoding_plugin(syntax))
         except NotImplementedError as exc:
             raise InvalidInputError(
                 f"{name}: pixel data in transfer syntax {syntax_name} cannot be decoded: "

@@ -67,8 +67,11 @@ a count at WARNING. pydicom's own log records, which quote values at WARNING, ar
 while a series loads.
 
 Speed and memory: reading is sequential. On the 275-slice LIDC CT (512x512, uncompressed,
-2 CPU cores) it takes 1.2-2.3 s: about 0.2 s parsing, 0.7 s converting header values up
-front, 0.3 s decoding; a thread pool of 4 was measured slower (parsing holds the GIL).
+2 CPU cores) it takes about as long as SimpleITK's ImageSeriesReader (0.6-0.9 s on a quiet
+machine): parsing, converting the header values up front (a value an earlier slice of the
+series had is not converted again: most of them) and decoding; a thread pool of 4 was
+measured slower (parsing holds the GIL). Compressed series are decoded by the fastest
+installed plugin (:mod:`inference.decoders`); ``benchmarks/pipeline.py`` compares them.
 Pixel data is read lazily (deferred) and decoded straight into the preallocated float32
 volume, so peak memory is the volume plus one slice (plus the stored pixel data of an
 enhanced multi-frame image, which is read whole and decoded frame by frame).
@@ -77,24 +80,29 @@ enhanced multi-frame image, which is read whole and decoded frame by frame).
 from __future__ import annotations
 
 import logging
+import mmap
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import dcmread
+from pydicom import config, dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from core.errors import InvalidInputError
+from inference.decoders import decoding_plugin
 from inference.frames import frame_geometries, has_functional_groups, is_multiframe
 
 if TYPE_CHECKING:
@@ -114,6 +122,9 @@ STEP_TOLERANCE = 0.05
 DEFAULT_MIN_SLICES = 2
 
 _PIXEL_DATA_TAGS = frozenset({Tag(0x7FE0, 0x0010), Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009)})
+_SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 # Pixel data is read from the file only when decoded, so headers of a whole series fit
 # in a few MB.
 _DEFER_SIZE = "64 KB"
@@ -271,17 +282,89 @@ def _log_reading_warnings(
     )
 
 
-def _convert_elements(dataset: Dataset) -> None:
+#: A raw header value already converted in this series: (tag, VR, bytes, character set).
+_SeenKey = tuple[int, str | None, bytes, str]
+
+
+@dataclass
+class _Converted:
+    """The values of a series' headers converted so far, each with the warnings its
+    conversion gave (said again for every slice that has the value)."""
+
+    elements: dict[_SeenKey, tuple[DataElement, list[warnings.WarningMessage]]] = field(
+        default_factory=dict
+    )
+
+
+def _convert_elements(
+    dataset: Dataset,
+    converted: _Converted | None = None,
+    caught: list[warnings.WarningMessage] | None = None,
+) -> None:
     # pydicom converts (and validates) values lazily, on first access. Converting every
     # element now makes validation warnings surface here, where they are captured, and
     # not later inside a writer, where they would escape as Python warnings.
+    # The slices of a series repeat most of their header (patient, study, equipment,
+    # geometry but the position): a value already converted for an earlier slice (same
+    # tag, VR, bytes and character set) is given again with its warnings, without
+    # converting it again, which was most of the time a series took to read.
+    charset_element = dataset.get_item(_SPECIFIC_CHARACTER_SET, keep_deferred=True)
+    charset = "" if charset_element is None else str(charset_element.value)
     for tag in list(dataset.keys()):
         if tag in _PIXEL_DATA_TAGS:
             continue
+        # Raw (not converted yet) unless pydicom converted it already (a deferred value).
+        stored: DataElement | RawDataElement | None = dataset.get_item(tag, keep_deferred=True)
+        key: _SeenKey | None = None
+        if (
+            converted is not None
+            and caught is not None
+            and isinstance(stored, RawDataElement)
+            and stored.value is not None
+            and not tag.is_private
+            and _plain_vr(tag, stored.VR)
+        ):
+            key = (int(tag), stored.VR, stored.value, charset)
+            found = converted.elements.get(key)
+            if found is not None:
+                element, said = found
+                dataset[tag] = DataElement(
+                    tag,
+                    element.VR,
+                    element.value,
+                    stored.value_tell,
+                    already_converted=True,
+                    validation_mode=config.settings.reading_validation_mode,
+                )
+                caught.extend(said)
+                continue
+        before = len(caught) if caught is not None else 0
         element = dataset[tag]
+        # Only values no one can change in place are given again: a list (MultiValue) is
+        # converted for each slice, so that each header has its own.
+        if (
+            key is not None
+            and converted is not None
+            and caught is not None
+            and not isinstance(element.value, MutableSequence)
+        ):
+            converted.elements[key] = (element, caught[before:])
         if element.VR == "SQ":
             for item in element.value:
                 _convert_elements(item)
+
+
+@cache
+def _plain_vr(tag: BaseTag, vr: str | None) -> bool:
+    """Whether a raw element converts the same way whatever else its dataset holds: not
+    a sequence, and a VR that does not depend on another element (PS3.5 6.2, "US or
+    SS" by Pixel Representation, ...)."""
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return False
+    return vr != "SQ" and " or " not in vr
 
 
 def _listed(values: Sequence[str]) -> str:
@@ -294,12 +377,14 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def _read_header(path: Path, problems: list[str]) -> Dataset | None:
+def _read_header(
+    path: Path, problems: list[str], converted: _Converted | None = None
+) -> Dataset | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             dataset = dcmread(path, defer_size=_DEFER_SIZE)
-            _convert_elements(dataset)
+            _convert_elements(dataset, converted, caught)
         except InvalidDicomError as exc:
             problems.append(f"{path.name}: not a DICOM file ({exc})")
             return None
@@ -578,14 +663,35 @@ def _choose_frame_of_reference(slices: Sequence[_Slice], series_uid: str) -> tup
     return chosen, [note]
 
 
+def _load_deferred_pixels(piece: _Slice) -> None:
+    """Read the deferred Pixel Data of ``piece`` from its file: one seek and one read.
+
+    pydicom's own deferred read opens the file again, checks its time stamp and parses the
+    element anew, which was half the time a CT slice took to decode. The file is the one
+    the header was read from (the spool never changes a stored file); a file cut short
+    since gives fewer bytes, which the decoder refuses as truncated.
+    """
+    ds = piece.header
+    stored: DataElement | RawDataElement | None = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if not isinstance(stored, RawDataElement) or stored.value is not None:
+        return
+    if stored.length == _UNDEFINED_LENGTH:
+        return  # encapsulated pixel data of unknown length: pydicom finds its end
+    with piece.path.open("rb") as stream:
+        stream.seek(stored.value_tell)
+        data = stream.read(stored.length)
+    ds[_PIXEL_DATA] = stored._replace(value=data)
+
+
 def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
     ds = piece.header
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            _load_deferred_pixels(piece)
             index = None if piece.frame_number is None else piece.frame_number - 1
-            stored = pixel_array(ds, index=index)
+            stored = pixel_array(ds, index=index, decoding_plugin=decoding_plugin(transfer_syntax))
         except NotImplementedError as exc:
             name = getattr(transfer_syntax, "name", str(transfer_syntax))
             raise InvalidInputError(
@@ -662,8 +768,9 @@ def load_series(
     with _quiet_pydicom_logger():
         problems: list[str] = []
         slices: list[_Slice] = []
+        converted = _Converted()
         for path in map(Path, paths):
-            header = _read_header(path, problems)
+            header = _read_header(path, problems, converted)
             if header is None:
                 continue
             found, slice_problems = _slices_of(path, header)
@@ -738,13 +845,29 @@ def load_series(
     )
 
 
+def empty_volume(shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
+    """A new float32 array for a volume, in memory of its own (an anonymous mapping).
+
+    Not ``np.empty``: NumPy advises the kernel to back arrays of 4 MB and more with
+    transparent huge pages, and where the kernel then compacts memory to find them
+    (``/sys/kernel/mm/transparent_hugepage/defrag`` ``madvise``, a common default),
+    touching a fresh CT volume stalled for 1-3 s now and then (the LIDC CT read in
+    0.7 s or 3.4 s); in ordinary pages it never did. The memory goes back to the system
+    when the array (and every view of it) is gone.
+    """
+    count = int(np.prod(shape))
+    itemsize = np.dtype(np.float32).itemsize
+    mapping = mmap.mmap(-1, max(count * itemsize, 1))
+    return np.frombuffer(mapping, dtype=np.float32, count=count).reshape(shape)
+
+
 def _read_pixels(
     slices: Sequence[_Slice], z_of: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.float32], list[SliceSource | None]]:
     """Decode each sorted slice into its z of a new volume; where each z comes from."""
     first = slices[0].header
     depth = int(z_of[-1]) + 1
-    voxels = np.empty((depth, int(first.Rows), int(first.Columns)), dtype=np.float32)
+    voxels = empty_volume((depth, int(first.Rows), int(first.Columns)))
     sources: list[SliceSource | None] = [None] * depth
     headers: dict[int, int] = {}  # id(header) -> its index in Volume.source_headers
     left = Counter(id(s.header) for s in slices)

@@ -7,10 +7,10 @@ does not belong: a changed model, TensorRT upgrade or different GPU simply gets 
 engine. Engines are built at worker start or by ``pacs-ai models build-engine``, never
 inside a job, under an exclusive file lock (``fcntl.flock``) so that several workers
 starting together on one machine build each engine once: the first takes the lock and
-builds, the others wait and then load its file. Files are written to a temporary name,
-flushed and renamed, so a crash mid-build leaves no half engine. The TensorRT timing
-cache, shared by all engines for one TensorRT version and GPU architecture, lives beside
-them and is updated under its own lock.
+builds, the others wait and then load its file. Files are written with
+:func:`core.files.atomic_write`, so a crash mid-build leaves no half engine. The TensorRT
+timing cache, shared by all engines for one TensorRT version and GPU architecture, lives
+beside them and is updated under its own lock (and written the same way).
 
 Layout: ``<root>/<model id>/<digest>.engine`` with ``<digest>.json`` (the key, readable),
 ``<root>/timing-trt<version>-sm<cc>.cache``.
@@ -22,14 +22,14 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.files import atomic_write
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -133,20 +133,6 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` complete or not at all (temporary file, fsync, rename)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def default_engine_dir(settings: Settings) -> Path:

@@ -72,14 +72,23 @@ class _Strict(BaseModel):
 class AttributeCondition(_Strict):
     """A condition on one header attribute; every part given must hold."""
 
+    #: The value equals this (text exactly after trimming, numbers numerically).
     equals: Scalar | None = None
+    #: The value is one of these.
     in_: Annotated[list[Scalar] | None, Field(alias="in", min_length=1)] = None
+    #: The value is none of these.
     not_in: Annotated[list[Scalar] | None, Field(min_length=1)] = None
+    #: Numeric lower bound, inclusive, in the attribute's DICOM unit.
     min: float | None = None
+    #: Numeric upper bound, inclusive.
     max: float | None = None
+    #: A Python regular expression matching the whole value.
     regex: str | None = None
+    #: Multi-valued attributes: every listed value is among the attribute's values.
     contains: Annotated[list[str] | None, Field(min_length=1)] = None
+    #: Multi-valued attributes: none of the listed values is.
     excludes: Annotated[list[str] | None, Field(min_length=1)] = None
+    #: An absent or empty attribute: ``accept`` the series, or ``refuse`` it.
     missing: Literal["accept", "refuse"] = "accept"
 
     @field_validator("regex")
@@ -161,8 +170,11 @@ Extent = float | tuple[float, float, float]
 class ExtentSpec(_Strict):
     """Bounds on the physical size of a series in mm (see the module docstring)."""
 
+    #: Smallest size in mm: one number for every edge, or ``[x, y, z]``.
     min: Extent | None = None
+    #: Largest size in mm: one number for every edge, or ``[x, y, z]``.
     max: Extent | None = None
+    #: Headers without the geometry: ``accept`` the series, or ``refuse`` it.
     missing: Literal["accept", "refuse"] = "accept"
 
     @model_validator(mode="after")

@@ -52,8 +52,11 @@ class _Strict(BaseModel):
 class CodeSpec(_Strict):
     """A coded concept: (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
 
+    #: Code Value, e.g. ``"39607008"`` (quote it: YAML would read digits as a number).
     value: Annotated[str, Field(min_length=1, max_length=64)]
+    #: Coding Scheme Designator: ``SCT`` (SNOMED CT), ``DCM``, ``UCUM``, ... (never ``SRT``).
     scheme: Annotated[str, Field(min_length=1, max_length=16)]
+    #: Code Meaning, as the coding scheme gives it.
     meaning: Annotated[str, Field(min_length=1, max_length=64)]
 
     @field_validator("scheme")
@@ -69,10 +72,15 @@ class CodeSpec(_Strict):
 class LabelSpec(_Strict):
     """One output label of a segmentation model, becoming one SEG segment."""
 
+    #: The label's value in the network's label map (one SEG segment per label).
     value: Annotated[int, Field(ge=1, le=65535)]
+    #: Segment Label, shown by viewers.
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: Segmented Property Category (PS3.16 CID 7150), e.g. SCT 91723000 Anatomical Structure.
     category: CodeSpec
+    #: Segmented Property Type (CID 7151 and others), e.g. SCT 39607008 Lung.
     type: CodeSpec
+    #: Recommended display colour, RGB 0-255.
     color: tuple[int, int, int] = (128, 174, 128)
     #: Tracking identifier prefix used in the SR; defaults to the label name.
     tracking_id: str | None = None
@@ -102,9 +110,11 @@ class AcceptsSpec(_Strict):
     cannot accept it records a NOT_APPLICABLE job, never queued), and on the worker again.
     """
 
+    #: Modality (0008,0060) values accepted, e.g. ``[CT]``.
     modalities: Annotated[list[str], Field(min_length=1)]
     #: Body Part Examined (0018,0015) values accepted; empty accepts any (and none).
     body_parts: list[str] = []
+    #: Fewest images a series must have.
     min_slices: Annotated[int, Field(ge=1)] = 1
     #: Missing slices interpolated; unset: see :attr:`ModelManifest.max_missing_slices`.
     missing_slices: MissingSlicesSpec | None = None
@@ -122,6 +132,8 @@ class AcceptsSpec(_Strict):
 class IntensitySpec(_Strict):
     """Intensity scaling applied after orientation and resampling."""
 
+    #: ``none``; ``window`` (below); ``percentile`` (below); ``zscore``: mean 0, standard
+    #: deviation 1; ``max``: divided by the largest value.
     kind: Literal["none", "window", "percentile", "zscore", "max"] = "none"
     #: ``window``: [lower, upper] in modality units, mapped to [0, 1] and clipped.
     window: tuple[float, float] | None = None
@@ -163,6 +175,7 @@ class CropForegroundSpec(_Strict):
     threshold: float = 0.0
     #: Voxels added on every side of the box.
     margin: Annotated[int, Field(ge=0)] = 0
+    #: Where the margin reaches beyond the image: ``pad`` it, or ``clip`` the box.
     beyond_image: Literal["pad", "clip"] = "pad"
     #: The background after intensity scaling (0 for ``window``, ``percentile`` and
     #: ``max``); ``minimum``: the scaled volume's smallest value (``zscore``).
@@ -195,7 +208,9 @@ class NormalizeSpec(_Strict):
     """Per-channel ``(value - mean) / std`` after everything else (ImageNet networks:
     mean ``[0.485, 0.456, 0.406]``, std ``[0.229, 0.224, 0.225]`` on [0, 1] images)."""
 
+    #: One mean, or one per channel.
     mean: Annotated[list[float], Field(min_length=1)]
+    #: One standard deviation, or one per channel (positive).
     std: Annotated[list[float], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -285,6 +300,7 @@ class PreprocessingSpec(_Strict):
 class WholeVolumeSpec(_Strict):
     """The network sees the whole (preprocessed) volume at once."""
 
+    #: ``whole_volume`` (the default) or ``sliding_window`` (below).
     mode: Literal["whole_volume"] = "whole_volume"
     #: Pad each spatial size up to a multiple of this (U-Nets with k poolings need 2^k);
     #: the padding is cut off the output again.
@@ -297,9 +313,11 @@ class WholeVolumeSpec(_Strict):
 class SlidingWindowSpec(_Strict):
     """Windows of ``roi_size`` at ``overlap``, batched, blended (MONAI's algorithm)."""
 
+    #: ``sliding_window`` selects this mode.
     mode: Literal["sliding_window"]
     #: Window size in array order (2 values for 2D models, 3 for 3D).
     roi_size: tuple[int, ...]
+    #: Fraction of a window shared with its neighbour along each axis.
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     #: ``gaussian``: windows weigh their centre more; ``constant``: plain average.
     blend: Literal["gaussian", "constant"] = "gaussian"
@@ -321,7 +339,9 @@ class SlidingWindowSpec(_Strict):
 class WeightsFile(_Strict):
     """A weights file (relative to the package folder, absolute, or with ``$VARIABLES``)."""
 
+    #: The file: relative to the package folder, absolute, or with ``$VARIABLES``.
     path: str
+    #: Its SHA-256 checksum (hex), checked by ``models verify`` and at worker start.
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
@@ -333,8 +353,11 @@ class NetworkSpec(_Strict):
     #: folder, absolute, or starting with an environment variable such as
     #: ``$PACS_AI_SHARED_DATA``) with its ``sha256``.
     kind: Literal["python", "onnx", "torchscript"]
+    #: ``python`` only: ``package.module:factory`` returning the torch module.
     entry: str | None = None
+    #: ``onnx`` / ``torchscript``: the weights file.
     path: str | None = None
+    #: SHA-256 checksum (hex) of ``path``.
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     #: An ONNX export of the same network (for ``kind`` python / torchscript), so that
     #: the onnxruntime and tensorrt backends can run it too.
@@ -343,6 +366,7 @@ class NetworkSpec(_Strict):
     input_name: str = "image"
     #: Optional input carrying the voxel spacing (x, y, z) in mm as a float32 [3] tensor.
     spacing_input_name: str | None = None
+    #: Name of the output tensor.
     output_name: str = "output"
     #: ``labels``: the network returns an integer label map [1, 1, z, y, x];
     #: ``logits``/``probabilities``: [N, C, z, y, x] (segmentation) or [N, C]
@@ -365,7 +389,9 @@ class NetworkSpec(_Strict):
 class BackendSpec(_Strict):
     """One backend to try, in the manifest's order of preference."""
 
+    #: The backend; the first in the list that can run on the machine is used.
     name: Literal["tensorrt", "onnxruntime", "torch"]
+    #: Numeric precision (tensorrt: fp32 or fp16, written into the ONNX graph).
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     #: torch only: run the module through ``torch.compile`` (compiled at warm-up).
     compile: bool = False
@@ -387,8 +413,11 @@ class BackendSpec(_Strict):
 
 
 class PostprocessingSpec(_Strict):
+    """From the network's output to one label per voxel (or class probabilities)."""
+
     #: ``argmax`` over channels, ``threshold`` of the probability of one channel.
     reduce: Literal["none", "argmax", "threshold"] = "none"
+    #: ``reduce: threshold``: the probability at or above which a voxel is foreground.
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     #: Probabilities from logits: ``auto`` is softmax for several channels, sigmoid for one.
     activation: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
@@ -403,7 +432,9 @@ class OutputsSpec(_Strict):
     """Which result objects the model may produce at all; each destination's output
     profile (``destinations.<name>.outputs``) then picks among them."""
 
+    #: The DICOM Segmentation (segmentation models).
     seg: bool = True
+    #: The TID 1500 Measurement Report.
     sr: bool = True
     #: Secondary Capture images with the outlines burned in (segmentation models).
     sc: bool = True
@@ -416,6 +447,7 @@ class ClassSpec(_Strict):
 
     #: Index of the class in the network's output ``[N, C]``.
     index: Annotated[int, Field(ge=0)]
+    #: The class's name in the SR and on the PDF.
     name: Annotated[str, Field(min_length=1, max_length=64)]
     #: The finding, e.g. ``{value: "233604007", scheme: SCT, meaning: Pneumonia}``.
     code: CodeSpec
@@ -483,11 +515,17 @@ class ExpectSpec(_Strict):
 class ModelManifest(_Strict):
     """The validated content of ``model.yaml``."""
 
+    #: Version of this schema the manifest is written for.
     schema_version: Literal[1, 2] = MANIFEST_SCHEMA_VERSION
+    #: What routes name; lower case, digits and hyphens. Part of every result UID.
     id: Annotated[str, Field(pattern=_ID_RE)]
+    #: The model's version; a new version gives new result UIDs.
     version: Annotated[str, Field(min_length=1, max_length=16)]
+    #: Human-readable name: Manufacturer's Model Name and algorithm name in the results.
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: What the model does and how it was checked (for people; not written to results).
     description: str = ""
+    #: ``segmentation`` (``labels``, a SEG) or ``classification`` (``classes``, an SR).
     task: Literal["segmentation", "classification"]
     #: Algorithm family (PS3.16 CID 7162), written into the SEG's algorithm identification.
     family: CodeSpec
@@ -497,9 +535,12 @@ class ModelManifest(_Strict):
         WholeVolumeSpec()
     )
     network: NetworkSpec
+    #: Backends in order of preference, each with its precision.
     backends: Annotated[list[BackendSpec], Field(min_length=1)]
     postprocessing: PostprocessingSpec = PostprocessingSpec()
+    #: Segmentation models: one entry per label of the network's output.
     labels: list[LabelSpec] = []
+    #: Classification models: one entry per class of the network's output.
     classes: list[ClassSpec] = []
     outputs: OutputsSpec = OutputsSpec()
     #: What a plausible result looks like (a result outside it is not delivered as normal).

@@ -4,7 +4,8 @@
   queues it again at its next round, and the results replace the earlier ones (their UIDs
   are derived from the job's inputs).
 * **re-send** a job's results: its DEAD and REJECTED outbox items go back to PENDING and
-  the job to DELIVERING (``pacs-ai resend`` performs this same action, audited as ``cli:``).
+  the job to DELIVERING (``pacs-ai resend`` performs this same action, audited as ``cli:``);
+  a shadow job's kept results, never delivered, go to its destinations' outboxes.
 * **release** a result held for review (NEEDS_REVIEW: outside what its model declares
   plausible): its results, written when the job ran, go to the outbox as they are and the
   job to DELIVERING, then DONE as any other (``pacs-ai release`` does the same).
@@ -22,7 +23,6 @@ not allowed to the user's role (``denied``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,15 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
-
-from core.jobs import JobState
-from core.ledger import InvalidTransitionError, Ledger
-from core.ledger.outbox import ItemKind, NewItem, Outbox
-from core.ledger.schema import audit_table, job_discards_table
+from core.jobs import JobRecord, JobState
+from core.ledger import (
+    DeliveryState,
+    InvalidTransitionError,
+    ItemKind,
+    Ledger,
+    NewItem,
+    Outbox,
+)
 from monitor.auth import Principal
 
 logger = logging.getLogger(__name__)
+
+#: Why a released shadow job ends DONE undelivered.
+SHADOW_RELEASED = "released; shadow: results kept in the node, not delivered"
 
 ACTIONS = ("retry", "resend", "discard", "release")
 #: States a job may be discarded from: failed, held for review, or not yet running.
@@ -67,7 +73,6 @@ class ActionResult:
 class JobActions:
     def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.time) -> None:
         self.ledger = ledger
-        self._engine = ledger.engine
         self._clock = clock
 
     def perform(
@@ -122,19 +127,16 @@ class JobActions:
         detail: dict[str, Any] | None = None,
         remote: str | None = None,
     ) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(audit_table).values(
-                    at=self._clock(),
-                    actor=principal.name,
-                    role=principal.role,
-                    action=action,
-                    job_id=job_id,
-                    outcome=outcome,
-                    detail=json.dumps({k: v for k, v in (detail or {}).items() if v}) or None,
-                    remote=remote,
-                )
-            )
+        self.ledger.record_audit(
+            actor=principal.name,
+            role=principal.role,
+            action=action,
+            job_id=job_id,
+            outcome=outcome,
+            detail=detail,
+            remote=remote,
+            at=self._clock(),
+        )
 
     def _retry(self, job_id: str, principal: Principal) -> str:
         try:
@@ -153,6 +155,10 @@ class JobActions:
     def _resend(self, job_id: str, principal: Principal) -> str:
         job = self.ledger.get_job(job_id)
         outbox = Outbox(self.ledger)
+        if job.shadow and job.state == JobState.DONE:
+            delivered = self._deliver_kept(job, outbox, principal)
+            if delivered is not None:
+                return delivered
         if not outbox.items(job_id=job_id):
             raise ActionRefusedError(
                 f"the job ({job.state}) has no results in the outbox: it did not get as far "
@@ -180,6 +186,38 @@ class JobActions:
             raise ActionRefusedError(str(exc)) from exc
         return f"{again} result(s) queued for delivery again"
 
+    def _deliver_kept(self, job: JobRecord, outbox: Outbox, principal: Principal) -> str | None:
+        """Deliver a shadow job's kept results (those not yet accepted) to its
+        destinations; ``None`` when every one was delivered already."""
+        if not job.destinations:
+            raise ActionRefusedError(
+                "a shadow job without destinations (pacs-ai run --keep alone): its results "
+                "have nowhere to go; run it again with --send-results-to"
+            )
+        sent = {
+            (item.destination, item.sop_instance_uid)
+            for item in outbox.items(job_id=job.job_id, states=[DeliveryState.SENT])
+        }
+        items = [
+            item
+            for item in _kept_items(job, what="kept")
+            if (item.destination, item.sop_instance_uid) not in sent
+        ]
+        if not items:
+            return None
+        try:
+            self.ledger.transition(
+                job.job_id,
+                JobState.DELIVERING,
+                reason=f"shadow results sent on request of {principal.name}",
+                detail={"by": principal.name},
+                expected={JobState.DONE},
+            )
+        except InvalidTransitionError as exc:
+            raise ActionRefusedError(f"the job changed meanwhile: {exc}") from exc
+        outbox.add(items)
+        return f"{len(items)} kept result(s) of the shadow job queued for delivery"
+
     def _release(self, job_id: str, principal: Principal) -> str:
         job = self.ledger.get_job(job_id)
         if job.state != JobState.NEEDS_REVIEW:
@@ -187,27 +225,7 @@ class JobActions:
                 f"only a result held for review (NEEDS_REVIEW) can be released; the job is "
                 f"{job.state}"
             )
-        deliveries: dict[str, list[list[str]]] = job.result.get("deliveries", {})
-        items = [
-            NewItem(
-                destination=name,
-                kind=ItemKind.RESULT,
-                job_id=job_id,
-                series_uid=job.series_instance_uid,
-                route=job.route,
-                sop_instance_uid=uid,
-                sop_class_uid=sop_class,
-                path=path,
-            )
-            for name in job.destinations
-            for _kind, uid, sop_class, path in deliveries.get(name, [])
-        ]
-        gone = [item.path for item in items if not Path(item.path).is_file()]
-        if gone:
-            raise ActionRefusedError(
-                f"{len(gone)} held result file(s) are gone (first: {gone[0]}); retry the job "
-                "to make them again"
-            )
+        items = _kept_items(job, what="held")
         detail = {"by": principal.name}
         try:
             # The transition first, checked in its transaction: a release cannot race a
@@ -224,6 +242,9 @@ class JobActions:
         if not job.destinations:
             self.ledger.transition(job_id, JobState.DONE, reason="no destinations: results kept")
             return "released: no destinations, results kept"
+        if job.shadow:
+            self.ledger.transition(job_id, JobState.DONE, reason=SHADOW_RELEASED)
+            return "released: a shadow job's results are kept (re-send delivers them)"
         Outbox(self.ledger).add(items)
         return f"released: {len(items)} result(s) queued for delivery"
 
@@ -247,18 +268,36 @@ class JobActions:
                 ) from exc
         # Taken after the job's own event: the dashboard shows a job DISCARDED while its
         # discard is its newest change.
-        now = self._clock()
-        with self._engine.begin() as conn:
-            existing = conn.execute(
-                select(job_discards_table.c.job_id).where(job_discards_table.c.job_id == job_id)
-            ).first()
-            values = {"at": now, "actor": principal.name, "reason": why}
-            if existing is None:
-                conn.execute(insert(job_discards_table).values(job_id=job_id, **values))
-            else:
-                conn.execute(
-                    update(job_discards_table)
-                    .where(job_discards_table.c.job_id == job_id)
-                    .values(**values)
-                )
+        self.ledger.record_discard(job_id, actor=principal.name, reason=why, at=self._clock())
         return "discarded"
+
+
+def _kept_items(job: JobRecord, *, what: str) -> list[NewItem]:
+    """The outbox items of the results a job wrote and kept (held for review, or a
+    shadow job's), for each of its destinations.
+
+    Raises:
+        ActionRefusedError: some of the files are gone (retention, by hand).
+    """
+    deliveries: dict[str, list[list[str]]] = job.result.get("deliveries", {})
+    items = [
+        NewItem(
+            destination=name,
+            kind=ItemKind.RESULT,
+            job_id=job.job_id,
+            series_uid=job.series_instance_uid,
+            route=job.route,
+            sop_instance_uid=uid,
+            sop_class_uid=sop_class,
+            path=path,
+        )
+        for name in job.destinations
+        for _kind, uid, sop_class, path in deliveries.get(name, [])
+    ]
+    gone = [item.path for item in items if not Path(item.path).is_file()]
+    if gone:
+        raise ActionRefusedError(
+            f"{len(gone)} {what} result file(s) are gone (first: {gone[0]}); retry the job "
+            "to make them again"
+        )
+    return items

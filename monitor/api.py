@@ -2,7 +2,7 @@
 
 Times are epoch seconds (UTC). ``stages`` holds the timestamps of the job's latest run,
 ``durations`` the seconds per stage and ``turnaround`` last image -> results accepted, as
-defined in :mod:`monitor.timeline`. Identifiers (study and series UIDs, accession number)
+defined in :mod:`core.ledger.timeline`. Identifiers (study and series UIDs, accession number)
 are included only for authenticated callers; free-text reasons then keep their UIDs.
 """
 
@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.ledger import AuditEntry, JobDetail, JobView, WorkerView
 from monitor.formatting import redact
-from monitor.readings import (
-    AuditEntry,
-    DestinationView,
-    JobDetail,
-    JobView,
-    QueuesReading,
-    WorkerView,
-)
+from monitor.readings import DestinationView, QueuesReading
 
 
 def job_json(job: JobView, *, identifiers: bool, accession: str | None = None) -> dict[str, Any]:
@@ -32,6 +26,10 @@ def job_json(job: JobView, *, identifiers: bool, accession: str | None = None) -
         "reason": redact(job.reason, show=identifiers),
         "worker": job.worker,
         "destinations": list(job.destinations),
+        # Shadow: results kept in the node, not delivered; origin: how the series came
+        # (None: a sender stored it, "retrieved": pulled from a PACS).
+        "shadow": job.shadow,
+        "origin": job.origin,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "modality": job.modality,
@@ -123,13 +121,13 @@ def workers_json(workers: list[WorkerView]) -> list[dict[str, Any]]:
             "stopped_at": w.stopped_at,
             "started_at": w.started_at,
             "heartbeat_at": w.heartbeat_at,
-            "gpu_name": w.gpu_name,
-            "gpu_memory_used": w.gpu_memory_used,
-            "gpu_memory_total": w.gpu_memory_total,
-            "gpu_utilisation": w.gpu_utilisation,
-            "current_job": w.current_job,
-            "current_job_since": w.current_job_since,
-            "jobs_done": w.jobs_done,
+            "gpu_name": w.status.gpu_name,
+            "gpu_memory_used": w.status.gpu_memory_used,
+            "gpu_memory_total": w.status.gpu_memory_total,
+            "gpu_utilisation": w.status.gpu_utilisation,
+            "current_job": w.status.current_job,
+            "current_job_since": w.status.current_job_since,
+            "jobs_done": w.status.jobs_done,
         }
         for w in workers
     ]

@@ -62,6 +62,11 @@ td { font-variant-numeric: tabular-nums; }
 .pill.ok { background: var(--ok); } .pill.bad { background: var(--bad); }
 .alive { color: var(--ok); font-weight: 600; } .silent { color: var(--bad); font-weight: 600; }
 .stopped { color: var(--muted); font-weight: 600; }
+.tag { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 10px;
+  font-weight: 600; border: 1px solid var(--line); color: var(--muted); }
+.tag.shadow { border-color: #6b46c1; color: #6b46c1; }
+.meter .done { fill: var(--ok); }
+.meter.wide { width: 240px; height: 10px; }
 .filters a { margin-right: 10px; } .filters a.on { font-weight: 700; color: var(--fg); }
 .flash { padding: 8px 12px; border-radius: 6px; background: #e6f4ea; border: 1px solid #b7dfc3;
   margin: 10px 0; }

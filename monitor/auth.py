@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 SESSION_COOKIE = "pacs_ai_session"
 ADMIN = "admin"
 READ_ONLY = "read-only"
+#: Tokens of remote workers: the node's DICOMweb service (``/dicomweb``), nothing else.
+WORKER = "worker"
 #: Checked against when the user does not exist, so that the answer takes as long.
 _DUMMY_HASH = hash_password(secrets.token_hex(16))
 

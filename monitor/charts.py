@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from markupsafe import Markup
 
+from core.ledger import Finished
 from monitor.formatting import seconds
-from monitor.readings import Finished
 
 WIDTH, HEIGHT = 560, 170
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 22

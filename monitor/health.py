@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import TransientError
-from core.presence import Presence, node_state
+from core.ledger import Presence
+from core.presence import node_state
 from monitor.readings import Readings
 
 
@@ -64,8 +64,7 @@ def _broker(readings: Readings) -> Check:
 
 def _ledger(readings: Readings) -> Check:
     try:
-        with readings.ledger.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        readings.ledger.ping()
     except SQLAlchemyError as exc:
         return Check("ledger", False, f"does not answer: {type(exc).__name__}: {exc}")
     return Check("ledger", True, "answers")

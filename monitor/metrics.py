@@ -39,7 +39,7 @@ The histograms observe each run that ended DONE once (keyed by job and time), fr
 :data:`OVERLAP_SECONDS` before the node started onwards (like any process's histogram
 they start empty; reading a large ledger's whole history at the first scrape took
 12 s for 50,000 jobs, beyond Prometheus's scrape timeout); stage definitions are those of
-:mod:`monitor.timeline`. Several nodes sharing one ledger export the same ledger-wide
+:mod:`core.ledger.timeline`. Several nodes sharing one ledger export the same ledger-wide
 numbers: scrape one of them for those (or aggregate with ``max``).
 """
 
@@ -62,19 +62,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from pydicom.uid import UID
-from sqlalchemy import func, select
 
-from core.jobs import JobState, SeriesState
-from core.ledger.schema import (
-    job_events_table,
-    jobs_table,
-    outbox_table,
-    quarantine_table,
-    series_table,
-)
+from core.jobs import SeriesState
+from core.ledger import DISPLAY_STATES, STAGES
 from monitor.health import node_check
-from monitor.readings import DISPLAY_STATES, Readings, events_of
-from monitor.timeline import STAGES, Delivery, stage_times
+from monitor.readings import Readings
 
 logger = logging.getLogger(__name__)
 
@@ -122,19 +114,9 @@ class RunHistograms:
             self._update()
 
     def _update(self) -> None:
-        engine = self._readings.ledger.engine
+        ledger = self._readings.ledger
         since = -math.inf if self._watermark is None else self._watermark - OVERLAP_SECONDS
-        with engine.connect() as conn:
-            done = [
-                (str(job_id), float(at))
-                for job_id, at in conn.execute(
-                    select(job_events_table.c.job_id, job_events_table.c.at)
-                    .where(job_events_table.c.state == JobState.DONE.value)
-                    .where(job_events_table.c.kind == "transition")
-                    .where(job_events_table.c.at > since)
-                    .order_by(job_events_table.c.at)
-                )
-            ]
+        done = ledger.done_transitions(after=since)
         new = [key for key in done if key not in self._seen]
         for start in range(0, len(new), 500):
             self._observe(new[start : start + 500])
@@ -145,52 +127,14 @@ class RunHistograms:
             self._seen = {k: at for k, at in self._seen.items() if at >= horizon}
 
     def _observe(self, runs: list[tuple[str, float]]) -> None:
-        job_ids = sorted({job_id for job_id, _at in runs})
-        engine = self._readings.ledger.engine
-        with engine.connect() as conn:
-            jobs = {
-                row.job_id: row
-                for row in conn.execute(
-                    select(
-                        jobs_table.c.job_id,
-                        jobs_table.c.model_id,
-                        jobs_table.c.route,
-                        jobs_table.c.input_received_at,
-                        series_table.c.first_received_at,
-                    )
-                    .select_from(
-                        jobs_table.outerjoin(
-                            series_table, series_table.c.series_uid == jobs_table.c.series_uid
-                        )
-                    )
-                    .where(jobs_table.c.job_id.in_(job_ids))
-                )
-            }
-            deliveries: dict[str, list[Delivery]] = {}
-            for item in conn.execute(
-                select(outbox_table.c.job_id, outbox_table.c.state, outbox_table.c.sent_at)
-                .where(outbox_table.c.job_id.in_(job_ids))
-                .where(outbox_table.c.kind == "result")
-            ):
-                deliveries.setdefault(item.job_id, []).append(Delivery(item.state, item.sent_at))
-        events = events_of(self._readings.ledger, job_ids)
-        for job_id, at in runs:
-            self._seen[(job_id, at)] = at
-            job = jobs.get(job_id)
-            if job is None:
-                continue
-            times = stage_times(
-                [e for e in events.get(job_id, []) if e.at <= at],
-                first_received=job.first_received_at,
-                last_received=job.input_received_at or None,
-                deliveries=deliveries.get(job_id, []),
-            )
-            for stage, seconds in times.durations().items():
+        self._seen.update((key, key[1]) for key in runs)
+        for run in self._readings.ledger.done_runs(runs):
+            for stage, seconds in run.times.durations().items():
                 if seconds is not None:
-                    self.stages.setdefault((stage, job.model_id), _Histogram()).observe(seconds)
-            if times.turnaround is not None:
-                key = (job.model_id, job.route)
-                self.turnaround.setdefault(key, _Histogram()).observe(times.turnaround)
+                    self.stages.setdefault((stage, run.model_id), _Histogram()).observe(seconds)
+            if run.times.turnaround is not None:
+                key = (run.model_id, run.route)
+                self.turnaround.setdefault(key, _Histogram()).observe(run.times.turnaround)
 
 
 class LedgerCollector(Collector):
@@ -302,13 +246,7 @@ class LedgerCollector(Collector):
             "Received series by state (UNROUTED: no routing rule matched)",
             labels=["state"],
         )
-        with self.readings.ledger.engine.connect() as conn:
-            counts = {
-                str(state): int(count)
-                for state, count in conn.execute(
-                    select(series_table.c.state, func.count()).group_by(series_table.c.state)
-                )
-            }
+        counts = self.readings.ledger.series_counts()
         for state in SeriesState:
             family.add_metric([state.value], float(counts.get(state.value, 0)))
         return [family]
@@ -412,26 +350,24 @@ class LedgerCollector(Collector):
         for worker in self.readings.workers():
             up.add_metric([worker.name, worker.host], 1.0 if worker.alive else 0.0)
             age.add_metric([worker.name], max(0.0, now - worker.heartbeat_at))
-            done.add_metric([worker.name], float(worker.jobs_done))
-            if worker.gpu_name is not None:
-                gpu = [worker.name, worker.gpu_name]
-                if worker.gpu_memory_used is not None:
-                    used.add_metric(gpu, worker.gpu_memory_used)
-                if worker.gpu_memory_total is not None:
-                    total.add_metric(gpu, worker.gpu_memory_total)
-                if worker.gpu_utilisation is not None:
-                    utilisation.add_metric(gpu, worker.gpu_utilisation)
+            status = worker.status
+            done.add_metric([worker.name], float(status.jobs_done))
+            if status.gpu_name is not None:
+                gpu = [worker.name, status.gpu_name]
+                if status.gpu_memory_used is not None:
+                    used.add_metric(gpu, status.gpu_memory_used)
+                if status.gpu_memory_total is not None:
+                    total.add_metric(gpu, status.gpu_memory_total)
+                if status.gpu_utilisation is not None:
+                    utilisation.add_metric(gpu, status.gpu_utilisation)
         return [up, age, done, used, total, utilisation]
 
     def _quarantine(self) -> list[Metric]:
         family = GaugeMetricFamily(
             "pacs_ai_quarantine_records", "Quarantine records by stage", labels=["stage"]
         )
-        with self.readings.ledger.engine.connect() as conn:
-            for stage, count in conn.execute(
-                select(quarantine_table.c.stage, func.count()).group_by(quarantine_table.c.stage)
-            ):
-                family.add_metric([str(stage)], float(count))
+        for stage, count in self.readings.ledger.quarantine_counts().items():
+            family.add_metric([stage], float(count))
         return [family]
 
     def _disk(self) -> list[Metric]:

@@ -1,7 +1,7 @@
 """``pacs-ai status``: the dashboard at a glance in a terminal, or as JSON for scripts.
 
 It reads the same ledger and broker as the dashboard (so it works on any machine that
-reaches them) and uses the same stage definitions (:mod:`monitor.timeline`).
+reaches them) and uses the same stage definitions (:mod:`core.ledger.timeline`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.ledger import Ledger
+from core.ledger import DISPLAY_STATES, STAGES, JobView, Ledger
 from core.quarantine import DOOR_STAGES
 from core.queue import BrokerInspector, make_celery
 from core.settings import Settings
@@ -17,9 +17,8 @@ from monitor import api
 from monitor.charts import Bucket
 from monitor.formatting import seconds
 from monitor.health import node_check, readiness
-from monitor.readings import DISPLAY_STATES, JobView, Readings
+from monitor.readings import Readings
 from monitor.set_aside import set_aside, set_aside_json
-from monitor.timeline import STAGES
 
 
 def status_data(settings: Settings, *, limit: int, states: list[str] | None) -> dict[str, Any]:
@@ -28,7 +27,7 @@ def status_data(settings: Settings, *, limit: int, states: list[str] | None) -> 
     ledger = Ledger(settings.resolved_ledger_url)
     app = make_celery(settings)
     try:
-        ledger.create_schema()
+        ledger.require_current_schema()
         readings = Readings(settings, ledger, inspector=BrokerInspector(app, socket_timeout=3.0))
         now = readings.now()
         hours = settings.monitor.chart_hours
@@ -115,7 +114,8 @@ def render_text(data: dict[str, Any]) -> str:
         durations = job["durations"]
         cells = [seconds(durations[s]) or "-" for s in STAGES]
         cells.append(seconds(job["turnaround"]) or "-")
-        name = f"{job['job_id'][:8]} {job['state']:14} {job['route'][:14]:14} "
+        route = job["route"] + (" (shadow)" if job.get("shadow") else "")
+        name = f"{job['job_id'][:8]} {job['state']:14} {route[:14]:14} "
         name += f"{job['model'][:12]:12} "
         reason = f"  {job['reason']}" if job["reason"] else ""
         lines.append(name + " ".join(f"{c:>8}" for c in cells) + reason)

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.jobs import JobState
-from core.ledger import Ledger, UnknownJobError
-from core.ledger.outbox import (
+from core.ledger import (
     DeliveryState,
     DestinationProblem,
-    ItemKind,
-    NewItem,
+    InvalidTransitionError,
+    Ledger,
     Outbox,
     OutboxItem,
+    UnknownJobError,
 )
 from core.logs import log_context
 from core.periodic import Periodic
@@ -68,31 +68,6 @@ class Attempt:
     config_error: str | None = None
 
 
-def result_items(
-    *,
-    job_id: str,
-    series_uid: str,
-    route: str,
-    destinations: Sequence[str],
-    files: Sequence[tuple[str, str, Path]],
-) -> list[NewItem]:
-    """Outbox items for a job's result files: (SOP Instance UID, SOP Class UID, path)."""
-    return [
-        NewItem(
-            destination=destination,
-            kind=ItemKind.RESULT,
-            job_id=job_id,
-            series_uid=series_uid,
-            route=route,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
-            path=str(path),
-        )
-        for destination in destinations
-        for sop_uid, sop_class, path in files
-    ]
-
-
 class DeliveryService:
     """Sends due outbox items, in a background thread or one round at a time."""
 
@@ -115,7 +90,8 @@ class DeliveryService:
     def run_once(self) -> int:
         """Send every due item once; return how many were attempted."""
         now = self._clock()
-        due = self.outbox.due(now=now)
+        # Only what this node's disk holds: nodes sharing the ledger each send their own.
+        due = self.outbox.due(now=now, node=self.settings.node.name)
         by_destination: dict[str, list[OutboxItem]] = defaultdict(list)
         for item in due:
             by_destination[item.destination].append(item)
@@ -333,7 +309,12 @@ class DeliveryService:
     def _settle_jobs(self, job_ids: set[str]) -> None:
         for job_id in sorted(job_ids):
             with log_context(job_id=job_id):
-                self._settle(job_id)
+                try:
+                    self._settle(job_id)
+                except InvalidTransitionError:
+                    # Settled meanwhile by another node sharing the ledger (each node
+                    # settles the jobs it sees DELIVERING).
+                    continue
 
     def _settle(self, job_id: str) -> None:
         job = self.ledger.get_job(job_id)
@@ -353,6 +334,7 @@ class DeliveryService:
                     "timings": {"deliver": seconds},
                     "destinations": sorted({i.destination for i in items}),
                 },
+                expected={JobState.DELIVERING},
             )
             logger.info("job done: %d objects delivered", len(items))
             return
@@ -367,7 +349,9 @@ class DeliveryService:
                 f"{first.attempts} attempt(s): {first.last_error}; `pacs-ai resend {job_id}` "
                 "sends it again"
             )
-            self.ledger.transition(job_id, JobState.FAILED, reason=reason)
+            self.ledger.transition(
+                job_id, JobState.FAILED, reason=reason, expected={JobState.DELIVERING}
+            )
             folder = self.quarantine.put(
                 QuarantineEntry(
                     stage="deliver",

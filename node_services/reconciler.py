@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from core.errors import TransientError
 from core.jobs import JobRecord, JobState
-from core.ledger import Ledger
+from core.ledger import InvalidTransitionError, Ledger
 from core.logs import log_context
 from core.periodic import Periodic
 from core.quarantine import Quarantine, QuarantineEntry
@@ -106,7 +106,14 @@ class Reconciler:
         return requeued
 
     def _requeue(self, job: JobRecord, reason: str) -> bool:
-        queued = self.ledger.transition(job.job_id, JobState.QUEUED, reason=reason)
+        try:
+            queued = self.ledger.transition(
+                job.job_id, JobState.QUEUED, reason=reason, expected={job.state}
+            )
+        except InvalidTransitionError:
+            # It moved on meanwhile: its worker answered after all, or the reconciler of
+            # another node sharing the ledger queued it first.
+            return False
         try:
             self._queue.enqueue(queued)
         except TransientError as exc:

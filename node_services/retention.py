@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core.files import atomic_write
 from core.jobs import JobState, SeriesRecord, SeriesState
-from core.ledger import Ledger
-from core.ledger.outbox import DeliveryState, Outbox
+from core.ledger import DeliveryState, Ledger, Outbox
 from core.periodic import Periodic
 from core.quarantine import INSTANCE_FILE
 from core.settings import Settings
@@ -74,6 +74,11 @@ class RetentionSweeper:
                 limit=10_000,
             ):
                 removed.append(self._remove(series, "unrouted, routing.unrouted is discard"))
+        # Nodes sharing the ledger each hold their own part of a series: the node whose
+        # sweep purged it removed its part; each other node removes its own when it sees it.
+        for series in self.ledger.list_series(states=[SeriesState.PURGED], limit=10_000):
+            if self._folder(series).exists():
+                self._remove_files(series)
         self._expire_refused_instances(before=now - retention.quarantine_days * _DAY)
         return removed
 
@@ -88,7 +93,7 @@ class RetentionSweeper:
                 continue
             kept.unlink(missing_ok=True)
             record["not_kept"] = "the instance's bytes were removed by retention.quarantine_days"
-            error_file.write_text(json.dumps(record, indent=2, sort_keys=True))
+            atomic_write(error_file, json.dumps(record, indent=2, sort_keys=True).encode())
             logger.info("retention removed the bytes of refused instance %s", kept.parent.name)
 
     def _finished(self, series: SeriesRecord, *, before: float) -> bool:
@@ -104,12 +109,19 @@ class RetentionSweeper:
             item.state == DeliveryState.SENT and item.updated_at < before for item in forwards
         )
 
-    def _remove(self, series: SeriesRecord, why: str) -> str:
-        folder = self.settings.spool_dir / series.study_instance_uid / series.series_instance_uid
+    def _folder(self, series: SeriesRecord) -> Path:
+        return self.settings.spool_dir / series.study_instance_uid / series.series_instance_uid
+
+    def _remove_files(self, series: SeriesRecord) -> None:
+        """This node's spool folder of the series, and its jobs' results on this node."""
+        folder = self._folder(series)
         shutil.rmtree(folder, ignore_errors=True)
         for job in self.ledger.jobs(series_uid=series.series_instance_uid, limit=1000):
             shutil.rmtree(self.settings.results_dir / job.job_id, ignore_errors=True)
         _remove_if_empty(folder.parent)
+
+    def _remove(self, series: SeriesRecord, why: str) -> str:
+        self._remove_files(series)
         self.ledger.set_series_state(
             series.series_instance_uid, SeriesState.PURGED, f"spool data removed: {why}"
         )

@@ -18,7 +18,9 @@ import click
 
 from core.errors import ConfigError, PacsAiError
 from core.settings import Settings, load_settings
+from pacs_ai.database import db, require_current_ledger
 from pacs_ai.operations import resend, routes
+from pacs_ai.pull import backfill, run
 from pacs_ai.review import discard, release
 from pacs_ai.users import users
 
@@ -61,7 +63,7 @@ def _config_option(func: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pacs-ai")
+@click.version_option(package_name="pacs-ai", prog_name="pacs-ai")
 def main() -> None:
     """pacs-ai: DICOM node + AI workers that return SEG and SR results to your PACS.
 
@@ -85,6 +87,8 @@ def serve(config: Path | None) -> None:
         check_routes_against_models(settings, registry.ids)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    # A new ledger is created here; one of another release is refused (`pacs-ai db upgrade`).
+    require_current_ledger(settings, config)
     stop = _stop_on_signals()
     try:
         with Service(settings) as service:
@@ -120,6 +124,7 @@ def worker(config: Path | None, models: str | None, gpu: int | None, pool: str) 
 
     settings = _load(config)
     _setup_logging(settings)
+    require_current_ledger(settings, config)
     requested = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
         run_worker(settings, models=requested, gpu=gpu, pool=pool, log_level=settings.logging.level)
@@ -161,6 +166,8 @@ def config_check(file: Path | None) -> None:
     settings, registry = report.settings, report.registry
     assert settings is not None and registry is not None
     broker = settings.broker_url or f"embedded Redis under {settings.data_dir}"
+    if settings.broker_sentinel is not None:
+        broker += f" (Redis Sentinel, master {settings.broker_sentinel.master_name})"
     aliases = ", ".join(settings.node.ae_title_aliases)
     click.echo(f"{file}: OK")
     click.echo(
@@ -206,6 +213,7 @@ def status(config: Path | None, as_json: bool, limit: int, states: tuple[str, ..
     from monitor.terminal import render_text, status_data  # noqa: PLC0415
 
     settings = _load(config)
+    require_current_ledger(settings, config)
     try:
         data = status_data(settings, limit=limit, states=list(states) or None)
     except PacsAiError as exc:
@@ -419,7 +427,10 @@ def _stop_on_signals() -> threading.Event:
 
 
 main.add_command(routes)
+main.add_command(run)
+main.add_command(backfill)
 main.add_command(resend)
 main.add_command(release)
 main.add_command(discard)
 main.add_command(users)
+main.add_command(db)

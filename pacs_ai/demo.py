@@ -32,6 +32,7 @@ from core.jobs import InstanceRecord, JobRecord, JobState
 from core.ledger import Ledger
 from core.quarantine import Quarantine
 from core.settings import NodeSettings, Settings, validate_settings
+from dicom_node.encoding import is_part10
 from dicom_node.node import Node
 from dicom_node.scp import StorageSCP
 from dicom_node.scu import send_files
@@ -215,7 +216,7 @@ class _Demo:
 
     def _input_files(self, input_dir: Path | None) -> list[Path]:
         if input_dir is not None:
-            files = sorted(p for p in input_dir.rglob("*") if p.is_file() and _is_dicom(p))
+            files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_part10(p))
             if not files:
                 raise PacsAiError(f"no DICOM files found in {input_dir}")
             return files
@@ -324,12 +325,6 @@ def _series_state(ledger: Ledger, series_uid: str) -> str | None:
         return ledger.get_series(series_uid).state.value
     except KeyError:
         return None
-
-
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
 
 
 def _free_port() -> int:

@@ -20,13 +20,13 @@ from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
 from core.jobs import JobState
-from core.ledger import AmbiguousJobIdError, Ledger, UnknownJobError
-from core.ledger.outbox import Outbox
+from core.ledger import AmbiguousJobIdError, Ledger, Outbox, UnknownJobError
 from core.routing_rules import RouteSettings
 from core.settings import Settings, load_settings
 from dicom_node.routing import Arrival, Router
 from models.acceptance import facts_from_files, needs_geometry, refusals
 from models.registry import ModelRegistry
+from pacs_ai.database import require_current_ledger
 
 if TYPE_CHECKING:
     from monitor.actions import JobActions
@@ -143,7 +143,9 @@ def routes_test(
 def resend(config: Path | None, job_id: str) -> None:
     """Send a job's undelivered results again: dead-lettered or refused items of a
     FAILED or DONE job, or, for a job waiting in DELIVERING (its retry schedule, or a
-    destination found misconfigured whose configuration you fixed), at once.
+    destination found misconfigured whose configuration you fixed), at once. A shadow
+    job's results (a `shadow: true` route, `pacs-ai run --keep`), kept and never
+    delivered, go to its destinations.
 
     JOB_ID is the whole id or its first characters (the 8 that `pacs-ai status` shows).
     The same action as the dashboard's "re-send", audit-logged as done from the command
@@ -153,8 +155,8 @@ def resend(config: Path | None, job_id: str) -> None:
     from monitor.auth import Principal  # noqa: PLC0415
 
     settings = _settings(config)
+    require_current_ledger(settings, config)
     ledger = Ledger(settings.resolved_ledger_url)
-    ledger.create_schema()
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
         full_id = resolve_job(ledger, job_id, config=config)

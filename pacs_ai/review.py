@@ -15,6 +15,7 @@ import click
 from core.errors import ConfigError
 from core.ledger import Ledger, UnknownJobError
 from core.settings import load_settings
+from pacs_ai.database import require_current_ledger
 from pacs_ai.operations import CONFIG, resolve_job
 
 
@@ -27,8 +28,8 @@ def _perform(config: Path | None, action: str, job_id: str, *, reason: str = "")
         settings = load_settings(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    require_current_ledger(settings, config)
     ledger = Ledger(settings.resolved_ledger_url)
-    ledger.create_schema()
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
         full_id = resolve_job(ledger, job_id, config=config)

@@ -6,6 +6,7 @@
 * the delivery service (outbox -> destinations, retry schedule, dead letters);
 * the reconciler (the broker made to agree with the ledger);
 * the retention sweeper;
+* the runner of retrievals started on the dashboard (studies pulled from a PACS);
 * the monitor (dashboard, JSON API, ``/metrics``, ``/healthz``, ``/readyz``), unless
   ``monitor.enabled`` is false.
 
@@ -14,6 +15,7 @@ None of them imports a machine-learning framework.
 
 from __future__ import annotations
 
+import functools
 import logging
 from types import TracebackType
 
@@ -26,6 +28,7 @@ from monitor.web.server import MonitorServer
 from node_services.delivery import DeliveryService
 from node_services.reconciler import Reconciler
 from node_services.retention import RetentionSweeper
+from node_services.retrieve.service import RetrievalService, start_run_by_accession
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Service:
         self.delivery: DeliveryService | None = None
         self.reconciler: Reconciler | None = None
         self.retention: RetentionSweeper | None = None
+        self.retrievals: RetrievalService | None = None
         self.monitor: MonitorServer | None = None
         self.heartbeat: NodeHeartbeat | None = None
 
@@ -55,6 +59,8 @@ class Service:
                 ae_title=self.settings.node.ae_title,
                 port=lambda: node.port,
                 interval=self.settings.worker.heartbeat_seconds,
+                node=self.settings.node.name,
+                dicomweb_url=self.settings.node.dicomweb_url,
             )
             self.heartbeat.start()
             self.delivery = DeliveryService(self.settings, self.node.ledger)
@@ -68,6 +74,8 @@ class Service:
             self.reconciler.start()
             self.retention = RetentionSweeper(self.settings, self.node.ledger)
             self.retention.start()
+            self.retrievals = RetrievalService(self.settings, self.node.ledger)
+            self.retrievals.start()
             if self.settings.monitor.enabled:
                 node = self.node
                 self.monitor = MonitorServer(
@@ -75,6 +83,9 @@ class Service:
                     node.ledger,
                     inspector=BrokerInspector(node.celery, socket_timeout=5.0),
                     node_stats=lambda: dict(node.scp.stats),
+                    pull_starter=functools.partial(
+                        start_run_by_accession, self.settings, node.ledger
+                    ),
                 )
                 self.monitor.start()
         except BaseException:
@@ -82,7 +93,13 @@ class Service:
             raise
 
     def stop(self) -> None:
-        for part in (self.monitor, self.retention, self.reconciler, self.delivery):
+        for part in (
+            self.monitor,
+            self.retrievals,
+            self.retention,
+            self.reconciler,
+            self.delivery,
+        ):
             if part is not None:
                 part.stop()
         if self.heartbeat is not None:

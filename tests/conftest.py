@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from benchmarks._support import MissingMaterialError
+from tests.support.missing import in_ci, skip_locally_fail_in_ci
 from tests.support.peers import DICOMWEB_PLUGIN, Orthanc, RedisServer, StoreSCP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +43,12 @@ SHARED_MATERIAL_MISSING = "Put the shared test material in ../shared/data"
 
 def require(path: Path, what: str) -> Path:
     """Return ``path`` if it exists; otherwise skip (locally) or fail (in CI)."""
-    if path.exists():
-        return path
-    message = (
-        f"{what} not found at {path}. {SHARED_MATERIAL_MISSING} "
-        "or set PACS_AI_SHARED_DATA to its folder (README.md, 'Test material')."
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not path.exists():
+        skip_locally_fail_in_ci(
+            f"{what} not found at {path}. {SHARED_MATERIAL_MISSING} "
+            "or set PACS_AI_SHARED_DATA to its folder (docs/development.md, 'Test material')."
+        )
+    return path
 
 
 def pytest_report_header() -> str:
@@ -58,7 +57,7 @@ def pytest_report_header() -> str:
         return f"shared test material: {root}"
     return (
         f"shared test material: MISSING at {root}: the tests that need it will skip "
-        "(README.md, 'Test material'; or set PACS_AI_SHARED_DATA)"
+        "(docs/development.md, 'Test material'; or set PACS_AI_SHARED_DATA)"
     )
 
 
@@ -73,9 +72,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "shared test material missing", yellow=True)
         terminalreporter.write_line(
             f"{len(skipped)} test(s) skipped: no shared test material at {shared_data_root()}. "
-            "README.md, 'Test material', says where it comes from; put it there or set "
+            "docs/development.md, 'Test material', says where it comes from; put it there or set "
             "PACS_AI_SHARED_DATA to its folder."
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A program or development dependency that the shared peers and material need
+    (:class:`~benchmarks._support.MissingMaterialError`, raised in a fixture or a test):
+    the test is skipped locally, and stays an error in CI."""
+    report = yield
+    excinfo = call.excinfo
+    if excinfo is not None and excinfo.errisinstance(MissingMaterialError) and not in_ci():
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {excinfo.value}")
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -164,9 +178,7 @@ def dicomweb_orthanc(make_orthanc: Callable[..., Orthanc]) -> Orthanc:
     """An empty Orthanc with its DICOMweb plugin at ``<url>/dicom-web/`` (QIDO, WADO, STOW)."""
     if not DICOMWEB_PLUGIN.exists():
         message = f"Orthanc's DICOMweb plugin is missing ({DICOMWEB_PLUGIN}): apt-get install orthanc-dicomweb"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_locally_fail_in_ci(message)
     return make_orthanc(
         extra_config={
             "Plugins": [str(DICOMWEB_PLUGIN)],

@@ -6,6 +6,7 @@ prefork child does, after the fork, in ``worker_process_init`` (see ``tasks.py``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -25,12 +26,22 @@ logger = logging.getLogger(__name__)
 
 def create_worker_app(settings: Settings, *, models: list[str], name: str) -> Celery:
     app = make_celery(settings)
-    app.conf[SETTINGS_KEY] = settings.model_dump_json()
+    app.conf[SETTINGS_KEY] = worker_settings_json(settings)
     app.conf[WARM_MODELS_KEY] = models
     app.conf[NAME_KEY] = name
     app.conf.task_queues = queues_for(models)
     register_tasks(app)
     return app
+
+
+def worker_settings_json(settings: Settings) -> str:
+    """The settings as the worker processes receive them (JSON, in this process's memory
+    only): secrets are masked, except the one they use, ``worker.fetch_token``."""
+    data = json.loads(settings.model_dump_json())
+    token = settings.worker.fetch_token
+    if token is not None:
+        data["worker"]["fetch_token"] = token.get_secret_value()
+    return json.dumps(data)
 
 
 def select_models(settings: Settings, requested: list[str] | None) -> list[str]:

@@ -26,8 +26,13 @@ a repeat) is still one job: the model runs on each film, each film gets its own 
 held if any film's result is implausible, the reason naming the film by its SOP Instance
 UID.
 
-Idempotent under ``acks_late``: a message for a job that got as far as DELIVERING is
-ignored, and result UIDs are derived from the job's inputs, so a re-run replaces.
+A shadow job (a ``shadow: true`` route, ``pacs-ai run --keep``) writes its results for
+its destinations' profiles as any other, puts nothing in the outbox and ends DONE: the
+results stay in the node until ``pacs-ai resend`` delivers them.
+
+Idempotent under ``acks_late``: a message for a job that got as far as DELIVERING, or
+that another live worker is running, is ignored, and result UIDs are derived from the
+job's inputs, so a re-run replaces.
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError, TransientError
 from core.jobs import JobRecord, JobState
-from core.ledger.outbox import Outbox
+from core.ledger import Outbox, result_items
 from core.logs import log_context
 from core.messages import RunJobMessage
 from core.output_profiles import DEFAULT_PROFILE, OutputProfile
 from core.quarantine import QuarantineEntry
-from node_services.delivery import result_items
+from workers.fetch import NodeUnavailableError
 from workers.runtime import WorkerRuntime
 
 if TYPE_CHECKING:
@@ -56,6 +61,9 @@ if TYPE_CHECKING:
     from inference.volume import Volume
 
 logger = logging.getLogger(__name__)
+
+#: The reason a shadow job ends DONE with.
+SHADOW_KEPT = "shadow: results kept in the node, not delivered (pacs-ai resend delivers them)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +149,12 @@ class JobExecutor:
                 # acks_late: the message of a job that got this far can come again.
                 logger.info("job already %s; ignoring a duplicate message", job.state)
                 return Outcome(state=None)
+            if job.state is JobState.RUNNING and self._running_elsewhere(job, worker):
+                # A broker connection lost mid-job (a Redis Sentinel failover) makes kombu
+                # hand the running job's message out again. Its worker is alive, and if it
+                # dies the reconciler queues the job again: a second run would only race it.
+                logger.info("job already running on %s; ignoring a duplicate message", job.worker)
+                return Outcome(state=None)
             attempt = job.attempts + 1
             job = ledger.transition(
                 job.job_id,
@@ -161,8 +175,20 @@ class JobExecutor:
                 self._fail(job, attempt, exc, stage="bug")
                 raise
             finally:
+                self.runtime.fetcher.release(job.job_id)
                 self.runtime.job_finished()
             return Outcome(state=ledger.get_job(job.job_id).state)
+
+    def _running_elsewhere(self, job: JobRecord, worker: str) -> bool:
+        """Whether another worker process runs ``job`` and still sends heartbeats (the
+        reconciler's rule for a live worker)."""
+        if job.worker is None or job.worker == worker:
+            return False
+        since = time.time() - self.runtime.settings.worker.lost_after_seconds
+        return any(
+            record.name == job.worker and record.stopped_at is None
+            for record in self.runtime.ledger.workers(seen_since=since)
+        )
 
     def _process(self, job: JobRecord) -> None:
         from inference.plausibility import check_plausibility, combined  # noqa: PLC0415
@@ -173,7 +199,11 @@ class JobExecutor:
         instances = ledger.series_instances(job.series_instance_uid)
         runner = self.runtime.runner(job.model_id)
         manifest = runner.manifest
-        paths = [Path(instance.path) for instance in instances]
+        # In place in the spool, or fetched over DICOMweb from the nodes that hold them.
+        series = self.runtime.fetcher.files(job, instances)
+        paths = series.paths
+        if series.fetched:
+            ledger.note(job.job_id, series.describe())
         prefetcher = self.runtime.prefetcher
         ahead = prefetcher.take(job.job_id, paths) if prefetcher is not None else None
         # One run for a volume; one per film the model accepts for a projection series.
@@ -187,7 +217,7 @@ class JobExecutor:
             ledger.note(
                 job.job_id, f"series read ahead while the previous job ran ({ahead[1]:.2f} s)"
             )
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"fetch": series.seconds} if series.fetched else {}
         for run in runs:
             for stage, seconds in run.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
@@ -252,6 +282,7 @@ class JobExecutor:
                 detail={"timings": timings},
             )
             logger.warning("result outside the model's expectations, %s", reason)
+            self._keep_at_node(job, result, held=True)
         else:
             flag = f"delivered flagged CHECK: {verdict.reason}"
             result["flagged"] = flag
@@ -285,10 +316,29 @@ class JobExecutor:
         detail = {"timings": timings}
         if not job.destinations:
             ledger.transition(job.job_id, JobState.DELIVERING, result=result, detail=detail)
+            self._keep_at_node(job, result)
             ledger.transition(job.job_id, JobState.DONE, reason="no destinations: results kept")
+            return
+        if job.shadow:
+            # Written for each destination's profile, so that `pacs-ai resend` can deliver
+            # them as they are; nothing goes to the outbox now.
+            ledger.transition(job.job_id, JobState.DELIVERING, result=result, detail=detail)
+            self._keep_at_node(job, result)
+            ledger.transition(job.job_id, JobState.DONE, reason=SHADOW_KEPT)
+            logger.info("shadow job: results kept in the node, not delivered")
+            return
+        uploader = self.runtime.uploader
+        if uploader is not None:
+            # No shared disk: the node takes the objects (STOW-RS) into its outbox first,
+            # then the job moves on, in the same order as below and for the same reason.
+            count = uploader.deliver(job, deliveries)
+            ledger.transition(job.job_id, JobState.DELIVERING, result=result, detail=detail)
+            ledger.note(job.job_id, f"{count} result object(s) handed to the node over STOW-RS")
+            uploader.remove_local_copies(job)
             return
         # Outbox first: a crash before the transition leaves the job RUNNING (the
         # reconciler runs it again); the other order could leave a job DELIVERING forever.
+        node = self.runtime.fetcher.node_here()
         items = [
             item
             for name in job.destinations
@@ -297,6 +347,8 @@ class JobExecutor:
                 series_uid=job.series_instance_uid,
                 route=job.route,
                 destinations=[name],
+                # The node on this machine delivers them (the files are on its disk).
+                node=node,
                 files=[
                     (uid, sop_class, Path(path)) for _, uid, sop_class, path in deliveries[name]
                 ],
@@ -309,8 +361,43 @@ class JobExecutor:
             ", ".join(f"{len(deliveries[name])} objects for {name}" for name in job.destinations),
         )
 
+    def _keep_at_node(self, job: JobRecord, result: dict[str, Any], *, held: bool = False) -> None:
+        """A remote worker's results that are not delivered now go to the node to keep
+        (an operator releases or re-sends them there); nothing for a local worker."""
+        uploader = self.runtime.uploader
+        if uploader is None:
+            return
+        try:
+            count = uploader.keep(job, result["deliveries"])
+        except TransientError as exc:
+            if not held:
+                raise
+            # Held for review already: the job stays so; a retry makes the results again.
+            logger.warning("held results not handed to the node: %s", exc)
+            self.runtime.ledger.note(
+                job.job_id,
+                f"the held results could not be handed to the node ({exc}); retry the job "
+                "to make them again before releasing it",
+            )
+            return
+        self.runtime.ledger.note(job.job_id, f"{count} result object(s) kept by the node")
+        uploader.remove_local_copies(job)
+
     def _transient(self, job: JobRecord, attempt: int, exc: TransientError) -> Outcome:
         worker = self.runtime.settings.worker
+        if isinstance(exc, NodeUnavailableError):
+            # Not the job's fault: it waits for the node, however long, and keeps its
+            # attempts for failures of its own.
+            delay = worker.node_retry_seconds
+            logger.warning("%s; trying again in %.0f s", exc, delay)
+            self.runtime.ledger.transition(
+                job.job_id,
+                JobState.RETRYING,
+                reason=f"{exc}; trying again every {delay:g} s",
+                detail={"node": exc.node, "retry_in_seconds": delay},
+                refund_attempt=True,
+            )
+            return Outcome(state=JobState.RETRYING, retry_in=delay)
         if attempt >= worker.max_attempts:
             self._fail(job, attempt, exc, stage="transient", prefix="gave up after retries: ")
             return Outcome(state=JobState.FAILED)

@@ -7,6 +7,11 @@ reads its series into memory in a background thread, while the network runs (on 
 main thread mostly waits for CUDA, so decoding is nearly free). When that job arrives here,
 its volume is taken from the slot; if another worker took it, or instances arrived since
 (the files changed), the slot is simply discarded. One volume at most is held.
+
+A series on another machine (a remote worker, or another node's instances) is fetched over
+DICOMweb in the same background thread (:class:`workers.fetch.SeriesFetcher`), so the
+network transfer of the next series overlaps the current inference too; its files stay
+in the fetch folder for the job, and are removed when another worker took it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from core.jobs import JobState
 from core.ledger import Ledger
 from inference.projection import load_projection, series_is_projection
 from inference.volume import Volume, load_series
+from workers.fetch import SeriesFetcher
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,11 @@ class VolumePrefetcher:
     """``models`` gives the models this worker serves, each with the missing slices its
     manifest lets the loader interpolate (:attr:`ModelManifest.max_missing_slices`)."""
 
-    def __init__(self, ledger: Ledger, models: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self, ledger: Ledger, fetcher: SeriesFetcher, models: Callable[[], Mapping[str, int]]
+    ) -> None:
         self._ledger = ledger
+        self._fetcher = fetcher
         self._models = models
         self._lock = threading.Lock()
         self._slot: _Slot | None = None
@@ -99,7 +108,13 @@ class VolumePrefetcher:
                 return
             # The broker's order: most urgent priority first, then oldest.
             job = min(waiting, key=lambda j: (j.priority, j.updated_at))
-            paths = [Path(i.path) for i in self._ledger.series_instances(job.series_instance_uid)]
+            # One series read ahead at most: what was fetched for another is let go.
+            self._fetcher.keep_only({current_job_id, job.job_id})
+            instances = self._ledger.series_instances(job.series_instance_uid)
+            fetched = self._fetcher.files(job, instances, ahead=True)
+            if fetched.fetched:
+                logger.info("fetched the next series ahead: %s", fetched.describe())
+            paths = fetched.paths
             projection = series_is_projection(paths)
             if projection and len(paths) > 1:
                 return  # the job itself picks the film its model accepts

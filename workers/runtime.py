@@ -15,13 +15,14 @@ import time
 from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
-from core.ledger import Ledger, WorkerStatus
+from core.ledger import Ledger, Presence, WorkerStatus
 from core.periodic import Periodic
-from core.presence import Presence
 from core.quarantine import Quarantine
 from core.settings import Settings
 from models.engine_cache import default_engine_dir
 from models.registry import ModelRegistry
+from workers.fetch import SeriesFetcher
+from workers.hand_back import ResultUploader
 from workers.prefetch import VolumePrefetcher
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,14 @@ class WorkerRuntime:
         self.settings = settings
         self.identity = f"{name}:{os.getpid()}"
         self.ledger = Ledger(settings.resolved_ledger_url)
-        self.ledger.create_schema()
+        # A brand-new ledger is created; one of another release refused (`pacs-ai db upgrade`).
+        self.ledger.require_current_schema()
         self.quarantine = Quarantine(settings.quarantine_dir)
+        # Series in the spool, or fetched over DICOMweb (worker.fetch_from, other nodes);
+        # results handed back over DICOMweb by a worker that shares no disk with the node.
+        self.fetcher = SeriesFetcher(settings, self.ledger)
+        self.fetcher.remove_leftovers()
+        self.uploader = ResultUploader(settings) if settings.worker.fetch_from else None
         self.registry = ModelRegistry.discover(settings.model_dirs)
         self.device = pick_device(settings.worker.device)
         self._runner_type = ModelRunner
@@ -144,6 +151,7 @@ class WorkerRuntime:
         if self._prefetcher is None:
             self._prefetcher = VolumePrefetcher(
                 self.ledger,
+                self.fetcher,
                 lambda: {
                     model_id: runner.manifest.max_missing_slices
                     for model_id, runner in self._runners.items()

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from core.ledger.engine import _make_engine
-from core.ledger.schema import (
-    SCHEMA_VERSION,
-    add_missing_columns,
-    metadata,
-    schema_info,
+from core.ledger.revision import (
+    UPGRADE_COMMAND,
+    LedgerRevision,
+    SchemaUpgrade,
+    inspect_revision,
+    require_head,
+    upgrade,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class LedgerBase:
@@ -31,25 +30,39 @@ class LedgerBase:
     def engine(self) -> Engine:
         return self._engine
 
-    def create_schema(self) -> None:
-        """Create missing tables and columns (idempotent) and record the schema version.
+    def create_schema(self) -> SchemaUpgrade:
+        """Create the ledger, or upgrade it to this release's schema revision: what
+        ``pacs-ai db upgrade`` does (:func:`core.ledger.revision.upgrade`).
 
-        A ledger made by an older release gets the tables and the (nullable) columns
-        added since (:func:`core.ledger.schema.add_missing_columns`).
+        Raises:
+            LedgerRevisionError: the ledger cannot be upgraded by this release.
         """
-        with self._schema_lock, self._engine.begin() as conn:
-            metadata.create_all(conn)
-            added = add_missing_columns(conn)
-            if added:
-                logger.info("ledger upgraded: added %s", ", ".join(added))
-            if conn.execute(select(func.count()).select_from(schema_info)).scalar_one() == 0:
-                conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
-            else:
-                conn.execute(
-                    update(schema_info)
-                    .where(schema_info.c.version < SCHEMA_VERSION)
-                    .values(version=SCHEMA_VERSION)
-                )
+        with self._schema_lock:
+            return upgrade(self._engine)
+
+    def require_current_schema(self, *, upgrade_command: str = UPGRADE_COMMAND) -> None:
+        """Create a brand-new ledger; refuse one not at this release's schema revision,
+        naming ``upgrade_command`` (:func:`core.ledger.revision.require_head`).
+
+        Raises:
+            LedgerRevisionError: the ledger is not at the head revision.
+        """
+        with self._schema_lock:
+            require_head(self._engine, upgrade_command=upgrade_command)
+
+    def schema_revision(self) -> LedgerRevision:
+        """Where the ledger's schema stands (reads only)."""
+        with self._engine.connect() as conn:
+            return inspect_revision(conn)
+
+    def ping(self) -> None:
+        """Ask the database a trivial query (readiness).
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database does not answer.
+        """
+        with self._engine.connect() as conn:
+            conn.execute(select(1))
 
     def close(self) -> None:
         self._engine.dispose()

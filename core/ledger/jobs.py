@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from core.jobs import (
     ALLOWED_TRANSITIONS,
@@ -19,6 +21,7 @@ from core.jobs import (
     SeriesRecord,
 )
 from core.ledger.base import LedgerBase
+from core.ledger.counters import add_to_counters, job_moved
 from core.ledger.records import (
     _JOB_ID_PREFIX,
     MIN_JOB_ID_PREFIX,
@@ -26,7 +29,7 @@ from core.ledger.records import (
     InvalidTransitionError,
     UnknownJobError,
 )
-from core.ledger.rows import _job_record
+from core.ledger.rows import _job_event, _job_record
 from core.ledger.schema import (
     job_events_table,
     jobs_table,
@@ -40,9 +43,30 @@ _SETTLED = frozenset(
 )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _again_on_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``method`` once more when its insert meets the job another node inserted
+    between its look and its insert (two nodes routing the same series): the unique
+    (series, route, model) constraint refuses the second job, and the second look finds
+    the first."""
+
+    @functools.wraps(method)
+    def again(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except IntegrityError:
+            return method(*args, **kwargs)
+
+    return again
+
+
 class JobLedger(LedgerBase):
     """Jobs and their events."""
 
+    @_again_on_race
     def open_job(
         self,
         series: SeriesRecord,
@@ -52,6 +76,7 @@ class JobLedger(LedgerBase):
         destinations: Sequence[str],
         priority: int,
         reason: str | None = None,
+        shadow: bool = False,
     ) -> JobRecord:
         """Create the job for (series, route, model) in READY, or make the existing one READY.
 
@@ -60,15 +85,19 @@ class JobLedger(LedgerBase):
         (the late-instance policy): a finished job goes back to READY now; a job in flight
         is marked to run again as soon as it ends. Because result UIDs are derived from the
         job's inputs, the new results replace the old ones in the PACS. A finished job whose
-        series has nothing new is left alone.
+        series has nothing new is left alone. ``shadow``: its results are kept, never
+        delivered (a shadow route); a re-run takes the route's current setting.
         """
         now = time.time()
         with self._engine.begin() as conn:
+            # Locked until commit (PostgreSQL), as in transition(): the state it changes
+            # is the one it read (and so are the gauges, core.ledger.counters).
             row = conn.execute(
                 select(jobs_table)
                 .where(jobs_table.c.series_uid == series.series_instance_uid)
                 .where(jobs_table.c.route == route)
                 .where(jobs_table.c.model_id == model_id)
+                .with_for_update()
             ).first()
             if row is None:
                 job_id = uuid.uuid4().hex
@@ -87,10 +116,12 @@ class JobLedger(LedgerBase):
                         updated_at=now,
                         rerun_pending=0,
                         input_received_at=series.last_received_at,
+                        shadow=int(shadow),
                     )
                 )
                 _add_event(conn, job_id, JobState.RECEIVING, at=series.run_started_at)
                 _add_event(conn, job_id, JobState.READY, at=now, reason=reason)
+                add_to_counters(conn, job_moved(model_id, None, JobState.READY))
             else:
                 job_id = row.job_id
                 current = JobState(row.state)
@@ -104,7 +135,11 @@ class JobLedger(LedgerBase):
                     conn.execute(
                         update(jobs_table)
                         .where(jobs_table.c.job_id == job_id)
-                        .values(input_received_at=series.last_received_at, updated_at=now)
+                        .values(
+                            input_received_at=series.last_received_at,
+                            updated_at=now,
+                            shadow=int(shadow),
+                        )
                     )
                 elif current not in _SETTLED:
                     # In flight: it may have read the series before the late instances came,
@@ -135,6 +170,7 @@ class JobLedger(LedgerBase):
                             updated_at=now,
                             rerun_pending=0,
                             input_received_at=series.last_received_at,
+                            shadow=int(shadow),
                         )
                     )
                     # The new run's receive stage starts with its own first instance (when
@@ -148,8 +184,10 @@ class JobLedger(LedgerBase):
                         at=now,
                         reason=reason or "series received again",
                     )
+                    add_to_counters(conn, job_moved(model_id, current, JobState.READY))
         return self.get_job(job_id)
 
+    @_again_on_race
     def record_not_applicable(
         self,
         series: SeriesRecord,
@@ -159,6 +197,7 @@ class JobLedger(LedgerBase):
         destinations: Sequence[str],
         priority: int,
         reason: str,
+        shadow: bool = False,
     ) -> JobRecord:
         """Record that the route's model cannot accept the series (decided from its
         headers): the job for (series, route, model) in NOT_APPLICABLE with ``reason``.
@@ -171,11 +210,14 @@ class JobLedger(LedgerBase):
         """
         now = time.time()
         with self._engine.begin() as conn:
+            # Locked until commit (PostgreSQL), as in transition(): the state it changes
+            # is the one it read (and so are the gauges, core.ledger.counters).
             row = conn.execute(
                 select(jobs_table)
                 .where(jobs_table.c.series_uid == series.series_instance_uid)
                 .where(jobs_table.c.route == route)
                 .where(jobs_table.c.model_id == model_id)
+                .with_for_update()
             ).first()
             if row is None:
                 job_id = uuid.uuid4().hex
@@ -195,10 +237,12 @@ class JobLedger(LedgerBase):
                         updated_at=now,
                         rerun_pending=0,
                         input_received_at=series.last_received_at,
+                        shadow=int(shadow),
                     )
                 )
                 _add_event(conn, job_id, JobState.RECEIVING, at=series.run_started_at)
                 _add_event(conn, job_id, JobState.NOT_APPLICABLE, at=now, reason=reason)
+                add_to_counters(conn, job_moved(model_id, None, JobState.NOT_APPLICABLE))
                 return self._job_in(conn, job_id)
             job_id = row.job_id
             current = JobState(row.state)
@@ -231,11 +275,13 @@ class JobLedger(LedgerBase):
                         updated_at=now,
                         rerun_pending=0,
                         input_received_at=series.last_received_at,
+                        shadow=int(shadow),
                     )
                 )
                 # Already NOT_APPLICABLE: the new instances did not change that (a note).
                 kind = "note" if current == JobState.NOT_APPLICABLE else "transition"
                 _add_event(conn, job_id, JobState.NOT_APPLICABLE, at=now, reason=reason, kind=kind)
+                add_to_counters(conn, job_moved(model_id, current, JobState.NOT_APPLICABLE))
             return self._job_in(conn, job_id)
 
     @staticmethod
@@ -253,6 +299,7 @@ class JobLedger(LedgerBase):
         result: dict[str, Any] | None = None,
         count_attempt: bool = False,
         reset_attempts: bool = False,
+        refund_attempt: bool = False,
         expected: Collection[JobState] | None = None,
         event_reason: str | None = None,
     ) -> JobRecord:
@@ -262,7 +309,9 @@ class JobLedger(LedgerBase):
         transaction, so an operator's action cannot race a worker). ``reset_attempts``
         starts the attempt count again (an operator's retry). ``event_reason`` is recorded
         with the event instead of ``reason``, which stays the job's own (why it is FAILED,
-        say): "retried by ops" explains the event, not the job's state.
+        say): "retried by ops" explains the event, not the job's state. ``refund_attempt``
+        gives back the attempt counted when the job started running: it waited for
+        something outside it (a node that holds its instances) and is not to fail for that.
 
         Raises:
             UnknownJobError: no such job.
@@ -271,7 +320,11 @@ class JobLedger(LedgerBase):
         """
         now = time.time()
         with self._engine.begin() as conn:
-            row = conn.execute(select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
+            # Locked until commit (PostgreSQL): two nodes moving the same job (queueing a
+            # READY job, say) take turns, and the second sees the first's state.
+            row = conn.execute(
+                select(jobs_table).where(jobs_table.c.job_id == job_id).with_for_update()
+            ).first()
             if row is None:
                 raise UnknownJobError(f"no job {job_id} in the ledger")
             current = JobState(row.state)
@@ -289,13 +342,48 @@ class JobLedger(LedgerBase):
             if reset_attempts:
                 values["attempts"] = 0
                 values["rerun_pending"] = 0
+            if refund_attempt:
+                values["attempts"] = case(
+                    (jobs_table.c.attempts > 0, jobs_table.c.attempts - 1), else_=0
+                )
             if state == JobState.RUNNING and detail and "worker" in detail:
                 values["worker"] = str(detail["worker"])
             conn.execute(update(jobs_table).where(jobs_table.c.job_id == job_id).values(**values))
             _add_event(conn, job_id, state, at=now, reason=event_reason or reason, detail=detail)
+            now_in = state
             if state in _SETTLED and row.rerun_pending:
                 _rerun(conn, row, now)
+                now_in = JobState.READY
+            add_to_counters(conn, job_moved(row.model_id, current, now_in))
         return self.get_job(job_id)
+
+    def set_result_paths(self, job_id: str, paths: dict[str, str]) -> None:
+        """Point the job's result record at other copies of its objects, by SOP Instance
+        UID (``deliveries`` and ``files``): the node's copies of what a remote worker made.
+
+        Raises:
+            UnknownJobError: no such job.
+        """
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(jobs_table.c.result).where(jobs_table.c.job_id == job_id).with_for_update()
+            ).first()
+            if row is None:
+                raise UnknownJobError(f"no job {job_id} in the ledger")
+            result: dict[str, Any] = json.loads(row.result) if row.result else {}
+            moved: dict[str, str] = {}
+            for entries in result.get("deliveries", {}).values():
+                for entry in entries:
+                    uid, old = entry[1], entry[3]
+                    if uid in paths:
+                        moved[old] = paths[uid]
+                        entry[3] = paths[uid]
+            result["files"] = [moved.get(path, path) for path in result.get("files", [])]
+            conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.job_id == job_id)
+                .values(result=json.dumps(result, sort_keys=True))
+            )
 
     def note(self, job_id: str, reason: str, detail: dict[str, Any] | None = None) -> None:
         """Record a fact about a job without changing its state (a backend fallback, say)."""
@@ -403,17 +491,7 @@ class JobLedger(LedgerBase):
                 .where(job_events_table.c.job_id == job_id)
                 .order_by(job_events_table.c.at, job_events_table.c.event_id)
             ).all()
-        return [
-            JobEvent(
-                job_id=row.job_id,
-                state=JobState(row.state),
-                at=row.at,
-                reason=row.reason,
-                detail=json.loads(row.detail) if row.detail else {},
-                kind=row.kind,
-            )
-            for row in rows
-        ]
+        return [_job_event(row) for row in rows]
 
 
 def _rerun(conn: Connection, row: Row[Any], now: float) -> None:

@@ -15,9 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from core.ledger.base import LedgerBase
@@ -49,6 +50,37 @@ class NewItem:
     sop_class_uid: str
     path: str
     job_id: str | None = None
+    #: The node whose disk holds ``path`` (``node.name``), the only one to deliver it;
+    #: None: any node (one node only).
+    node: str | None = None
+
+
+def result_items(
+    *,
+    job_id: str,
+    series_uid: str,
+    route: str,
+    destinations: Sequence[str],
+    files: Sequence[tuple[str, str, Path]],
+    node: str | None = None,
+) -> list[NewItem]:
+    """Outbox items for a job's result files: (SOP Instance UID, SOP Class UID, path),
+    on the disk of ``node``."""
+    return [
+        NewItem(
+            destination=destination,
+            kind=ItemKind.RESULT,
+            job_id=job_id,
+            series_uid=series_uid,
+            route=route,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            path=str(path),
+            node=node,
+        )
+        for destination in destinations
+        for sop_uid, sop_class, path in files
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +115,8 @@ class OutboxItem:
     created_at: float
     updated_at: float
     sent_at: float | None
+    #: The node that delivers it (whose disk holds ``path``); None: any node.
+    node: str | None = None
 
 
 class Outbox:
@@ -115,6 +149,7 @@ class Outbox:
                     "next_attempt_at": at,
                     "updated_at": at,
                     "sent_at": None,
+                    "node": item.node,
                 }
                 existing = conn.execute(
                     select(outbox_table.c.item_id)
@@ -140,17 +175,23 @@ class Outbox:
                 count += 1
         return count
 
-    def due(self, *, now: float | None = None, limit: int = 1000) -> list[OutboxItem]:
-        """PENDING items whose next attempt is due, oldest schedule first."""
+    def due(
+        self, *, now: float | None = None, limit: int = 1000, node: str | None = None
+    ) -> list[OutboxItem]:
+        """PENDING items whose next attempt is due, oldest schedule first. ``node``: only
+        those this node delivers (its own, and those of no node in particular)."""
         at = time.time() if now is None else now
+        query = (
+            select(outbox_table)
+            .where(outbox_table.c.state == DeliveryState.PENDING.value)
+            .where(outbox_table.c.next_attempt_at <= at)
+            .order_by(outbox_table.c.next_attempt_at, outbox_table.c.created_at)
+            .limit(limit)
+        )
+        if node is not None:
+            query = query.where(or_(outbox_table.c.node == node, outbox_table.c.node.is_(None)))
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(outbox_table)
-                .where(outbox_table.c.state == DeliveryState.PENDING.value)
-                .where(outbox_table.c.next_attempt_at <= at)
-                .order_by(outbox_table.c.next_attempt_at, outbox_table.c.created_at)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(query).all()
         return [_item(row) for row in rows]
 
     def next_due_at(self) -> float | None:
@@ -392,4 +433,5 @@ def _item(row: Row[Any]) -> OutboxItem:
         created_at=row.created_at,
         updated_at=row.updated_at,
         sent_at=row.sent_at,
+        node=row.node,
     )

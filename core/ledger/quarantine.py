@@ -8,9 +8,8 @@ import uuid
 from sqlalchemy import insert, select
 
 from core.ledger.base import LedgerBase
-from core.ledger.records import (
-    QuarantineRecord,
-)
+from core.ledger.records import QuarantineRecord
+from core.ledger.rows import _quarantine_record
 from core.ledger.schema import (
     quarantine_table,
 )
@@ -55,17 +54,4 @@ class QuarantineLedger(LedgerBase):
             query = query.where(quarantine_table.c.series_uid == series_uid)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            QuarantineRecord(
-                quarantine_id=row.quarantine_id,
-                at=row.at,
-                stage=row.stage,
-                reason=row.reason,
-                path=row.path,
-                sop_instance_uid=row.sop_instance_uid,
-                series_uid=row.series_uid,
-                job_id=row.job_id,
-                calling_ae=row.calling_ae,
-            )
-            for row in rows
-        ]
+        return [_quarantine_record(row) for row in rows]

@@ -1,6 +1,11 @@
 """The ledger's tables (SQLAlchemy Core), one place for the whole schema.
 
 Times are float seconds since the epoch (UTC), portable across SQLite and PostgreSQL.
+
+Every change here needs its Alembic revision in ``core/ledger/migrations/versions`` (next
+number, ``down_revision`` the previous head; ``alembic revision --autogenerate -m ...``
+drafts one): ledgers are created and upgraded only by the revisions, and
+``tests/integration/test_ledger_schema.py`` fails while they and these tables differ.
 """
 
 from __future__ import annotations
@@ -15,17 +20,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    inspect,
     text,
 )
-from sqlalchemy.engine import Connection
-
-#: 2: ``series.receiving_since``, ``workers.stopped_at``, the ``nodes`` and
-#: ``destination_status`` tables (issue 12).
-SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
+#: The schema number of the releases before migrations (1, 2): revisions 0001 and 0002
+#: keep it, later ones leave it at 2; ``alembic_version`` holds a ledger's revision.
 schema_info = Table(
     "schema_info",
     metadata,
@@ -53,6 +54,13 @@ series_table = Table(
     #: The first arrival of the current sending run: the first instance received since
     #: the series last completed (empty in ledgers older than schema 2: first_received_at).
     Column("receiving_since", Float),
+    #: How the series came: empty when a sender stored it (C-STORE), ``retrieved`` when
+    #: pacs-ai pulled it from a PACS (``pacs-ai run --from``, ``pacs-ai backfill``).
+    Column("origin", String(16)),
+    #: A node's claim to complete the series (several nodes share the ledger): the last
+    #: arrival it is for, and when it was taken (see ``SeriesLedger.claim_completion``).
+    Column("claimed_for", Float),
+    Column("claimed_at", Float),
     Index("ix_series_state_last", "state", "last_received_at"),
 )
 
@@ -84,6 +92,9 @@ instances_table = Table(
     Column("size", Integer, nullable=False),
     Column("received_at", Float, nullable=False),
     Column("receive_count", Integer, nullable=False),
+    #: The node (its ``node.name``) whose spool holds the bytes; empty in ledgers older
+    #: than revision 0003: the only node.
+    Column("node", String(64)),
 )
 
 quarantine_table = Table(
@@ -122,7 +133,14 @@ jobs_table = Table(
     Column("rerun_pending", Integer, nullable=False, default=0),
     #: The series' last arrival when the job was (re)opened: what its results cover.
     Column("input_received_at", Float, nullable=False, default=0.0),
+    #: 1: a shadow job (a ``shadow: true`` route, or ``pacs-ai run --keep``): its results
+    #: are kept in the node and never delivered unless an operator re-sends them.
+    Column("shadow", Integer),
     UniqueConstraint("series_uid", "route", "model_id", name="uq_job_series_route_model"),
+    #: The dashboard's newest jobs, all of them or in given states, without reading the
+    #: whole history (``benchmarks/ledger.py``).
+    Index("ix_jobs_updated_at", "updated_at"),
+    Index("ix_jobs_state_updated_at", "state", "updated_at"),
 )
 
 job_events_table = Table(
@@ -167,6 +185,10 @@ nodes_table = Table(
     Column("heartbeat_at", Float, nullable=False),
     #: When it stopped cleanly (empty while it runs, or when it died).
     Column("stopped_at", Float),
+    #: The node's ``node.name`` (what ``instances.node`` names) and where it serves its
+    #: spool to workers (``node.dicomweb_url``; empty: workers use ``worker.fetch_from``).
+    Column("node", String(64)),
+    Column("dicomweb_url", Text),
 )
 
 #: A destination the delivery service found misconfigured (it rejects our association
@@ -207,8 +229,20 @@ outbox_table = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("sent_at", Float),
+    #: The node whose disk holds ``path``: only it delivers the item (empty: any node).
+    Column("node", String(64)),
     UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_instance"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
+    #: A destination's last success and its last error (dashboard, /metrics), read from
+    #: the newest end of an index rather than from every item ever delivered.
+    Index("ix_outbox_destination_state_sent", "destination", "state", "sent_at"),
+    Index(
+        "ix_outbox_destination_errors",
+        "destination",
+        "updated_at",
+        postgresql_where=text("last_error IS NOT NULL"),
+        sqlite_where=text("last_error IS NOT NULL"),
+    ),
 )
 
 # -- monitoring (issue 7) ------------------------------------------------------------------
@@ -274,30 +308,61 @@ job_discards_table = Table(
 )
 
 
-#: Columns added after schema 1, all nullable: :func:`add_missing_columns` adds them to
-#: an older ledger (new tables are created by ``metadata.create_all``).
-ADDED_COLUMNS: tuple[tuple[Table, str], ...] = (
-    (series_table, "receiving_since"),
-    (workers_table, "stopped_at"),
+# -- pulling studies from a PACS (issue 15) ----------------------------------------------
+
+#: A pull from a PACS: ``pacs-ai run --from``, a backfill, or a run started on the
+#: dashboard. No patient data: the studies it found are in ``retrieval_studies`` by UID;
+#: the query is kept only as far as it names no patient (a date range, modalities).
+retrievals_table = Table(
+    "retrievals",
+    metadata,
+    Column("retrieval_id", String(32), primary_key=True),
+    #: ``run``, ``backfill`` or ``dashboard``.
+    Column("kind", String(16), nullable=False),
+    #: The destination (with a query/retrieve role) the studies come from.
+    Column("source", String(64), nullable=False),
+    #: JSON list of model ids; empty: the routing rules decide.
+    Column("models", Text, nullable=False),
+    #: JSON list of destinations for the results of ``models``.
+    Column("destinations", Text, nullable=False),
+    #: 1: results kept, never delivered (``--keep``), as a shadow route's.
+    Column("shadow", Integer, nullable=False),
+    #: JSON: series filter conditions, and a backfill's query (date range, modalities).
+    Column("query", Text, nullable=False),
+    #: Identifies a backfill by its parameters, so that running it again resumes it.
+    Column("key", String(64), index=True),
+    #: ``QUEUED`` (for the node to run), ``RUNNING``, ``STOPPED`` (resumable), ``DONE``,
+    #: ``FAILED``.
+    Column("state", String(16), nullable=False, index=True),
+    Column("reason", Text),
+    Column("studies_per_minute", Float),
+    Column("window", String(16)),
+    #: Who started it (``cli:<user>``, a dashboard user).
+    Column("actor", String(128), nullable=False),
+    #: The process running it now, and when it last said so.
+    Column("runner", String(128)),
+    Column("heartbeat_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float),
 )
 
-
-def add_missing_columns(conn: Connection) -> list[str]:
-    """Add :data:`ADDED_COLUMNS` a ledger made by an older release lacks; return them.
-
-    Runs in the caller's transaction (SQLite: one writer at a time; PostgreSQL:
-    ``IF NOT EXISTS``, so two processes starting together cannot both add a column).
-    """
-    inspector = inspect(conn)
-    quote = conn.dialect.identifier_preparer.quote
-    added = []
-    for table, name in ADDED_COLUMNS:
-        if name in {column["name"] for column in inspector.get_columns(table.name)}:
-            continue
-        kind = table.c[name].type.compile(dialect=conn.dialect)
-        guard = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
-        conn.execute(
-            text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {guard}{quote(name)} {kind}")
-        )
-        added.append(f"{table.name}.{name}")
-    return added
+#: Each study of a retrieval and how far it got: PENDING, RETRIEVING, RETRIEVED (in the
+#: spool, not yet routed), ROUTED (its series' jobs exist), FAILED or EMPTY (no series
+#: passed the filter).
+retrieval_studies_table = Table(
+    "retrieval_studies",
+    metadata,
+    Column("retrieval_id", String(32), primary_key=True),
+    Column("study_uid", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("series_count", Integer, nullable=False, default=0),
+    Column("instance_count", Integer, nullable=False, default=0),
+    Column("started_at", Float),
+    Column("retrieved_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_retrieval_studies_study_state", "study_uid", "state"),
+    Index("ix_retrieval_studies_state", "state"),
+)

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from core.jobs import (
     InstanceRecord,
@@ -19,11 +20,17 @@ from core.jobs import (
     StudyState,
 )
 from core.ledger.base import LedgerBase
-from core.ledger.counters import CounterKey, add_to_counters, counter_key
+from core.ledger.counters import (
+    CounterKey,
+    add_to_counters,
+    counter_key,
+    merge,
+    series_moved,
+)
 from core.ledger.records import (
     StoredInstance,
 )
-from core.ledger.rows import _series_record, _study_record
+from core.ledger.rows import _series_record, _stored_instance, _study_record
 from core.ledger.schema import (
     instances_table,
     quarantine_table,
@@ -35,20 +42,48 @@ logger = logging.getLogger(__name__)
 
 #: UIDs per IN (...) query: well below SQLite's bound-parameter limit.
 _IN_CHUNK = 500
+#: Times a write is tried again after another node inserted the same row first.
+_RACE_RETRIES = 3
+#: A node that claimed a series' completion and has not routed it this long after (it
+#: died meanwhile) leaves it to be claimed again.
+CLAIM_EXPIRES_SECONDS = 300.0
 
 
 class SeriesLedger(LedgerBase):
     """Instances, series and studies."""
 
-    def record_instances(self, records: Sequence[InstanceRecord]) -> None:
+    def record_instances(
+        self,
+        records: Sequence[InstanceRecord],
+        *,
+        origin: str | None = None,
+        node: str | None = None,
+    ) -> None:
         """Record stored instances and update their series, in one transaction.
 
         A re-sent instance (same SOP Instance UID) increments its receive count instead of
         adding a row; any arrival puts its series back into RECEIVING so that the series
-        completes again after its quiet period.
+        completes again after its quiet period. ``origin`` (``retrieved``: pulled from a
+        PACS) is recorded on their series. ``node``: the node whose spool holds them (its
+        ``node.name``); a re-sent instance is then held by the node that received it last.
         """
         if not records:
             return
+        for attempt in range(_RACE_RETRIES):
+            try:
+                self._record_instances(records, origin=origin, node=node)
+            except IntegrityError:
+                # Another node recorded the first instance of the same series or study
+                # (or the same instance) between our look and our insert: look again.
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+                logger.debug("instances recorded by another node meanwhile; recording again")
+            else:
+                return
+
+    def _record_instances(
+        self, records: Sequence[InstanceRecord], *, origin: str | None, node: str | None
+    ) -> None:
         now = time.time()
         with self._engine.begin() as conn:
             records = self._set_aside_identity_conflicts(conn, records, now)
@@ -73,6 +108,7 @@ class SeriesLedger(LedgerBase):
                             "size": record.size,
                             "received_at": record.received_at,
                             "receive_count": 1,
+                            "node": node,
                         }
                     )
                 delta = per_series.setdefault(record.series_instance_uid, _SeriesDelta(record))
@@ -94,16 +130,29 @@ class SeriesLedger(LedgerBase):
                         received_at=record.received_at,
                         transfer_syntax_uid=record.transfer_syntax_uid,
                         receive_count=instances_table.c.receive_count + 1,
+                        node=node,
                     )
                 )
             add_to_counters(conn, _receipt_counts(records))
             per_study: dict[str, _StudyDelta] = {}
-            for series_uid, delta in per_series.items():
-                is_new = self._apply_series_delta(conn, series_uid, delta, now)
+            moved: list[dict[CounterKey, float]] = []
+            # In UID order: two nodes recording series of one study lock their rows in
+            # the same order (PostgreSQL), never each waiting for the other.
+            for series_uid, delta in sorted(per_series.items()):
+                is_new = self._apply_series_delta(conn, series_uid, delta, now, moved=moved)
+                if origin is not None:
+                    conn.execute(
+                        update(series_table)
+                        .where(series_table.c.series_uid == series_uid)
+                        .values(origin=origin)
+                    )
                 study = per_study.setdefault(delta.first.study_instance_uid, _StudyDelta())
                 study.add(delta, new_series=is_new)
-            for study_uid, study_delta in per_study.items():
+            for study_uid, study_delta in sorted(per_study.items()):
                 _apply_study_delta(conn, study_uid, study_delta, now)
+            # Last, after the series rows: every transaction locks gauges after the rows
+            # they count, so none waits for a gauge while holding one another needs.
+            add_to_counters(conn, merge(*moved))
 
     @staticmethod
     def _known_instances(
@@ -191,11 +240,20 @@ class SeriesLedger(LedgerBase):
         return kept
 
     def _apply_series_delta(
-        self, conn: Connection, series_uid: str, delta: _SeriesDelta, now: float
+        self,
+        conn: Connection,
+        series_uid: str,
+        delta: _SeriesDelta,
+        now: float,
+        *,
+        moved: list[dict[CounterKey, float]],
     ) -> bool:
-        """Update (or create) the series row; True when the series is new."""
+        """Update (or create) the series row; True when the series is new. Its change of
+        state goes to ``moved`` (gauge deltas, core.ledger.counters)."""
+        # Locked (PostgreSQL) until commit: another node recording instances of the same
+        # series waits, so neither overwrites the other's last arrival with an older one.
         current = conn.execute(
-            select(series_table).where(series_table.c.series_uid == series_uid)
+            select(series_table).where(series_table.c.series_uid == series_uid).with_for_update()
         ).first()
         if current is None:
             first = delta.first
@@ -216,7 +274,9 @@ class SeriesLedger(LedgerBase):
                     receiving_since=delta.earliest,
                 )
             )
+            moved.append(series_moved(None, SeriesState.RECEIVING))
             return True
+        moved.append(series_moved(current.state, SeriesState.RECEIVING))
         values: dict[str, Any] = {}
         if current.state != SeriesState.RECEIVING.value:
             # Completed before: these instances begin a new sending run (a re-send, late
@@ -247,6 +307,47 @@ class SeriesLedger(LedgerBase):
                 .order_by(series_table.c.last_received_at)
             ).all()
         return [_series_record(row) for row in rows]
+
+    def claim_completion(self, series: SeriesRecord, *, now: float) -> bool:
+        """Take the completion of ``series`` (as read by :meth:`quiet_series`) for this
+        process; False when another node took it, or an instance arrived since.
+
+        Several nodes sharing the ledger watch the same series: only the one whose claim
+        succeeds routes it, so a series completes once. The claim is one conditional
+        update of the series row (for its last arrival, while it is still RECEIVING and
+        nothing arrived since), atomic on SQLite and PostgreSQL alike and independent of
+        the nodes' clocks. A claim whose node has not routed the series
+        :data:`CLAIM_EXPIRES_SECONDS` later (it died meanwhile) may be taken again.
+        """
+        table = series_table
+        seen = series.last_received_at
+        with self._engine.begin() as conn:
+            taken = conn.execute(
+                update(table)
+                .where(table.c.series_uid == series.series_instance_uid)
+                .where(table.c.state == SeriesState.RECEIVING.value)
+                .where(table.c.last_received_at == seen)
+                .where(
+                    or_(
+                        table.c.claimed_for.is_(None),
+                        table.c.claimed_for != seen,
+                        table.c.claimed_at < now - CLAIM_EXPIRES_SECONDS,
+                    )
+                )
+                .values(claimed_for=seen, claimed_at=now)
+            ).rowcount
+        return bool(taken)
+
+    def release_claim(self, series: SeriesRecord) -> None:
+        """Give up a claim taken by :meth:`claim_completion` (routing it failed): the
+        series may be claimed again at once, by this node or another."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(series_table)
+                .where(series_table.c.series_uid == series.series_instance_uid)
+                .where(series_table.c.claimed_for == series.last_received_at)
+                .values(claimed_for=None, claimed_at=None)
+            )
 
     def get_series(self, series_uid: str) -> SeriesRecord:
         with self._engine.connect() as conn:
@@ -285,8 +386,25 @@ class SeriesLedger(LedgerBase):
         if completed_at is not None:
             values["completed_at"] = completed_at
         with self._engine.begin() as conn:
+            # Locked until commit (PostgreSQL): the gauge moves from the state replaced.
+            old = conn.execute(
+                select(series_table.c.state)
+                .where(series_table.c.series_uid == series_uid)
+                .with_for_update()
+            ).scalar()
             conn.execute(
                 update(series_table).where(series_table.c.series_uid == series_uid).values(**values)
+            )
+            if old is not None:
+                add_to_counters(conn, series_moved(old, state))
+
+    def set_series_origin(self, series_uid: str, origin: str) -> None:
+        """Record how a series came (``retrieved``: a PACS sent it on our C-MOVE)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(series_table)
+                .where(series_table.c.series_uid == series_uid)
+                .values(origin=origin)
             )
 
     # -- studies -------------------------------------------------------------------------
@@ -340,17 +458,7 @@ class SeriesLedger(LedgerBase):
                 .where(instances_table.c.series_uid == series_uid)
                 .order_by(instances_table.c.received_at)
             ).all()
-        return [
-            StoredInstance(
-                sop_instance_uid=row.sop_instance_uid,
-                sop_class_uid=row.sop_class_uid,
-                transfer_syntax_uid=row.transfer_syntax_uid,
-                path=row.path,
-                size=row.size,
-                receive_count=row.receive_count,
-            )
-            for row in rows
-        ]
+        return [_stored_instance(row) for row in rows]
 
     def count_instances(self) -> int:
         with self._engine.connect() as conn:
@@ -387,7 +495,7 @@ class _StudyDelta:
 
 def _apply_study_delta(conn: Connection, study_uid: str, delta: _StudyDelta, now: float) -> None:
     current = conn.execute(
-        select(studies_table).where(studies_table.c.study_uid == study_uid)
+        select(studies_table).where(studies_table.c.study_uid == study_uid).with_for_update()
     ).first()
     if current is None:
         conn.execute(

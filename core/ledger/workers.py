@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.engine import Connection
 
 from core.ledger.base import LedgerBase
-from core.ledger.records import (
-    WorkerRecord,
-    WorkerStatus,
-)
+from core.ledger.records import WorkerRecord, WorkerStatus
+from core.ledger.rows import _worker_record
 from core.ledger.schema import (
     worker_status_table,
     workers_table,
@@ -56,22 +55,23 @@ class WorkerLedger(LedgerBase):
                 )
 
     def workers(self, *, seen_since: float = 0.0) -> list[WorkerRecord]:
+        """Workers whose heartbeat is not older than ``seen_since``, with their status."""
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(workers_table).where(workers_table.c.heartbeat_at >= seen_since)
+                workers_query().where(workers_table.c.heartbeat_at >= seen_since)
             ).all()
-        return [
-            WorkerRecord(
-                name=row.name,
-                host=row.host,
-                pid=row.pid,
-                device=row.device,
-                models=tuple(json.loads(row.models)),
-                started_at=row.started_at,
-                heartbeat_at=row.heartbeat_at,
-            )
-            for row in rows
-        ]
+        return [_worker_record(row) for row in rows]
+
+
+def workers_query() -> Select[Any]:
+    """``workers`` with the status each reported (empty columns where it reported none),
+    in the shape :func:`core.ledger.rows._worker_record` maps."""
+    status = [c for c in worker_status_table.c if c.name not in ("name", "updated_at")]
+    return select(workers_table, *status).select_from(
+        workers_table.outerjoin(
+            worker_status_table, worker_status_table.c.name == workers_table.c.name
+        )
+    )
 
 
 def _put_worker_status(conn: Connection, name: str, status: WorkerStatus, now: float) -> None:

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from dicom_node.encoding import decode_text, text_value, uid_value
+
 _ELEMENT_HEADER = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
@@ -112,9 +114,7 @@ def _us(elements: dict[int, bytes], element: int) -> int | None:
 
 
 def _text(elements: dict[int, bytes], element: int) -> str:
-    value = elements.get(element, b"")
-    # UI values are padded with NUL, LO/AE with spaces (PS3.5 6.2).
-    return value.rstrip(b"\x00 ").lstrip(b" ").decode("ascii", errors="replace")
+    return decode_text(elements.get(element, b""))
 
 
 def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
@@ -124,18 +124,6 @@ def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
         body += _ELEMENT_HEADER.pack(0x0000, element, len(value))
         body += value
     return _ELEMENT_HEADER.pack(0x0000, GROUP_LENGTH, 4) + _UL.pack(len(body)) + body
-
-
-def uid_value(uid: str) -> bytes:
-    """A UI value: ASCII, padded with one NUL to an even length (PS3.5 6.2)."""
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def text_value(text: str) -> bytes:
-    """An LO/AE value: ASCII, padded with one space to an even length."""
-    raw = text.encode("ascii", errors="replace")
-    return raw + b" " if len(raw) % 2 else raw
 
 
 def us_value(number: int) -> bytes:

@@ -27,13 +27,15 @@ from pynetdicom.pdu_items import (
     UserInformationItem,
 )
 
+from dicom_node.encoding import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
 from dicom_node.ul.pdu import AbortReason, PduType, ProtocolError, with_header
 
 #: The DICOM Application Context Name (PS3.7 A.2.1).
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-#: Our implementation identity (PS3.7 D.3.3.2), also written in spooled files' meta.
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1399.1"
-IMPLEMENTATION_VERSION_NAME = "PACSAI_010"
 
 
 class ContextResult(IntEnum):
@@ -261,7 +263,7 @@ def encode_associate_ac(
         item.presentation_context_id = context.context_id
         item.result_reason = int(context.result)
         syntax = TransferSyntaxSubItem()
-        syntax.transfer_syntax_name = UID(context.transfer_syntax or "1.2.840.10008.1.2")
+        syntax.transfer_syntax_name = UID(context.transfer_syntax or IMPLICIT_VR_LITTLE_ENDIAN)
         item.transfer_syntax_sub_item = [syntax]
         pdu.variable_items.append(item)
     pdu.variable_items.append(_user_information(max_length))

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from core.files import atomic_write
 from inference.backends.base import BackendOptions, BackendUnavailableError, InputShapes
 from models.engine_cache import EngineCache, EngineKey, ProfileShapes, file_lock
 from models.registry import ModelPackage, sha256_of
@@ -143,7 +144,7 @@ def build_engine(
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise BackendUnavailableError("tensorrt: the engine build failed (see the log above)")
-        timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
 

@@ -8,6 +8,7 @@ there and that region's area.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from models.manifest import LabelSpec, ModelManifest
 #: Significant digits of reported values: far finer than any segmentation is accurate,
 #: and short enough for a DS value (16 characters) whatever the magnitude.
 _DIGITS = 6
+#: Up to this many labels are counted by comparison, more by histogram (slice_counts).
+_FEW_VALUES = 8
 
 
 def round_value(value: float) -> float:
@@ -79,6 +82,25 @@ def intensity_unit(volume: Volume) -> Code | None:
     return codes.HOUNSFIELD_UNIT if rescale_type.upper() == "HU" else None
 
 
+def slice_counts(labels: npt.NDArray[np.integer], values: Sequence[int]) -> npt.NDArray[np.int64]:
+    """Voxel count of each of ``values`` on each slice of ``labels``: ``[z, len(values)]``.
+
+    A few values are counted plane by plane (a comparison and a population count, far
+    cheaper than a histogram of every plane); many in one histogram per plane.
+    """
+    planes = labels.reshape((-1, *labels.shape[-2:]))
+    table = np.zeros((planes.shape[0], len(values)), dtype=np.int64)
+    if len(values) <= _FEW_VALUES:
+        for z, plane in enumerate(planes):
+            for column, value in enumerate(values):
+                table[z, column] = np.count_nonzero(plane == value)
+        return table
+    for z, plane in enumerate(planes):
+        histogram = np.bincount(plane.reshape(-1), minlength=max(values) + 1)
+        table[z] = histogram[list(values)]
+    return table
+
+
 def segment_findings(
     volume: Volume, labels: npt.NDArray[np.integer], manifest: ModelManifest
 ) -> tuple[SegmentFinding, ...]:
@@ -87,31 +109,39 @@ def segment_findings(
     Raises:
         InvalidInputError: (``stage="write"``) the map holds undeclared values.
     """
-    counts = segment_voxel_counts(labels, manifest)
+    ordered = ordered_labels(manifest)
+    values = [label.value for label in ordered]
+    table = slice_counts(labels, values)
+    counts = table.sum(axis=0)
+    declared = sum(int(c) for v, c in zip(values, counts, strict=True) if v != 0)
+    if declared != np.count_nonzero(labels):
+        segment_voxel_counts(labels, manifest)  # names the undeclared values
     unit = intensity_unit(volume)
     voxel_ml = volume.voxel_volume_mm3 / 1000.0
     pixel_mm2 = volume.spacing[0] * volume.spacing[1]
+    interpolated = list(volume.interpolated_slices)
     findings = []
-    for number, (label, count) in enumerate(
-        zip(ordered_labels(manifest), counts, strict=True), start=1
-    ):
+    for number, label in enumerate(ordered, start=1):
+        count = int(counts[number - 1])
         mean = maximum = None
         key = None
         slices: tuple[int, ...] = ()
         if count:
-            mask = labels == label.value
-            per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            per_slice = table[:, number - 1].copy()
             # Slices interpolated over missing ones count in the volume, but have no
             # source image to reference or draw on.
-            per_slice[list(volume.interpolated_slices)] = 0
+            per_slice[interpolated] = 0
             slices = tuple(int(i) for i in np.flatnonzero(per_slice))
             if unit is not None:
-                inside = volume.voxels[mask]
+                # Only the slices the label is on (all of them, interpolated or not).
+                present = np.flatnonzero(table[:, number - 1])
+                span = slice(int(present[0]), int(present[-1]) + 1)
+                inside = volume.voxels[span][labels[span] == label.value]
                 mean = round_value(float(inside.mean(dtype=np.float64)))
                 maximum = round_value(float(inside.max()))
             if slices:
                 index = int(np.argmax(per_slice))
-                outline = outer_contour(mask[index])
+                outline = outer_contour(labels[index] == label.value)
                 key = KeySlice(
                     index=index,
                     outline=outline,

@@ -12,7 +12,9 @@ row 2). So images are grouped by everything but their position; a group states m
 frame of reference, matrix, spacing, thickness and orientation once, and each entry only
 its Image Position (Patient) X/Y/Z: about 4 items per image instead of 15. A multi-frame
 source is listed frame by frame, each entry referencing its frame (Referenced Frame
-Number) with that frame's position. Images that are
+Number) with that frame's position. The entries of a group are encoded directly into
+their bytes, as pydicom would encode them (hundreds of them, built as datasets, were
+still most of the time an SR took). Images that are
 not cross-sectional (or lack the attributes) are left to highdicom's own library groups,
 except projection radiographs (CR, DX, MG, ...): highdicom requires Patient Orientation
 and Imager Pixel Spacing of them, which real radiographs often lack (a Secondary Capture of
@@ -22,13 +24,24 @@ descriptors each only where the image has the attribute.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.valuerep import DS
 
 from inference import codes as pacs_codes
+from inference.writers.encoding import (
+    element,
+    encode_items,
+    item,
+    mark_encoded,
+    raw_sequence,
+    text,
+)
 
 _POSITION = (
     codes.DCM.ImagePositionPatientX,
@@ -52,17 +65,32 @@ _SHARED_REQUIRED = (
 _SHARED_OPTIONAL = ("SpacingBetweenSlices",)
 _ACQ_CONTEXT = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+# The attributes of an entry (PS3.3 C.17.3, C.18), in the tag order they are encoded in.
+_REFERENCED_SOP_CLASS = 0x00081150
+_REFERENCED_SOP_INSTANCE = 0x00081155
+_REFERENCED_FRAME = 0x00081160
+_REFERENCED_SOP = 0x00081199
+_UNITS = 0x004008EA
+_RELATIONSHIP_TYPE = 0x0040A010
+_VALUE_TYPE = 0x0040A040
+_CONCEPT_NAME = 0x0040A043
+_FLOATING_POINT_VALUE = 0x0040A161
+_MEASURED_VALUE = 0x0040A300
+_NUMERIC_VALUE = 0x0040A30A
+_CONTENT_SEQUENCE = 0x0040A730
 
 
-def image_library(
-    images: Sequence[Dataset], frame_numbers: Sequence[int | None] = ()
-) -> hd.sr.ContainerContentItem:
+def image_library(images: Sequence[Dataset], frame_numbers: Sequence[int | None] = ()) -> Dataset:
     """The Image Library container (TID 1600) listing ``images``.
 
     ``frame_numbers``, when given, has one entry per image: for a frame of a multi-frame
     image (``images`` then holds its :func:`inference.frames.frame_view`), the frame
     number its entry references (TID 1601 row 1, Referenced Frame Number); ``None`` for
     a single-frame image.
+
+    The container and its groups are plain datasets (highdicom's content item
+    sequences take only highdicom's classes); the items of a group of cross-sectional
+    images are encoded already (:class:`_Entries`), read by pydicom when accessed.
 
     Raises:
         ValueError: ``images`` is empty, or holds a dataset that is not an image.
@@ -82,17 +110,26 @@ def image_library(
             projections.setdefault((str(image.Modality), frame), []).append(image)
         else:
             others.append(image)
-    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=_CONTAINS)
-    library.ContentSequence = hd.sr.ContentSequence(
-        [_group(group, frames) for group in groups.values()]
-    )
-    library.ContentSequence.extend(
-        _projection_group(frame, group) for (_, frame), group in projections.items()
-    )
+    items: list[Dataset] = [_group(group, frames) for group in groups.values()]
+    items.extend(_projection_group(frame, group) for (_, frame), group in projections.items())
     if others:
         # highdicom groups them by modality and frame of reference, each entry described whole.
-        library.ContentSequence.extend(hd.sr.ImageLibrary(others)[0].ContentSequence)
-    return library
+        items.extend(hd.sr.ImageLibrary(others)[0].ContentSequence)
+    return _container(codes.DCM.ImageLibrary, items)
+
+
+def _container(name: Code, items: list[Dataset] | bytes) -> Dataset:
+    """A CONTAINER content item (as highdicom makes it) holding ``items``: datasets, or
+    items encoded already (:func:`~inference.writers.encoding.raw_sequence`)."""
+    container = Dataset(
+        dict(hd.sr.ContainerContentItem(name=name, relationship_type=_CONTAINS).items())
+    )
+    if isinstance(items, bytes):
+        container[_CONTENT_SEQUENCE] = raw_sequence(_CONTENT_SEQUENCE, items)
+        mark_encoded(container)
+    else:
+        container.ContentSequence = items
+    return container
 
 
 def _group_key(image: Dataset) -> tuple[str, ...] | None:
@@ -104,38 +141,67 @@ def _group_key(image: Dataset) -> tuple[str, ...] | None:
     return tuple(str(image.get(name)) for name in _SHARED_REQUIRED + _SHARED_OPTIONAL)
 
 
-def _group(images: list[Dataset], frames: dict[int, int | None]) -> hd.sr.ContainerContentItem:
-    """One group: the first image's descriptors but its position, then each image's position."""
-    group = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS
-    )
-    group.ContentSequence = hd.sr.ContentSequence()
+def _group(images: list[Dataset], frames: dict[int, int | None]) -> Dataset:
+    """One group: the first image's descriptors but its position, then each image's
+    position (its entries encoded directly, :class:`_Entries`)."""
     descriptors = hd.sr.ImageLibraryEntryDescriptors(images[0])
-    group.ContentSequence.extend(item for item in descriptors if not _is_position(item))
-    group.ContentSequence.extend(_entry(image, frames.get(id(image))) for image in images)
-    return group
+    shared = encode_items(item for item in descriptors if not _is_position(item))
+    entries = _Entries()
+    return _container(
+        codes.DCM.ImageLibraryGroup,
+        shared + b"".join(entries.encode(image, frames.get(id(image))) for image in images),
+    )
 
 
-def _entry(image: Dataset, frame_number: int | None = None) -> hd.sr.ImageContentItem:
-    entry = hd.sr.ImageContentItem(
-        name=pacs_codes.SOURCE,
-        referenced_sop_class_uid=image.SOPClassUID,
-        referenced_sop_instance_uid=image.SOPInstanceUID,
-        referenced_frame_numbers=frame_number,
-        relationship_type=_CONTAINS,
-    )
-    entry.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.NumContentItem(
-                name=name,
-                value=value,
-                unit=codes.UCUM.Millimeter,
-                relationship_type=_ACQ_CONTEXT,
-            )
-            for name, value in zip(_POSITION, image.ImagePositionPatient, strict=True)
-        ]
-    )
-    return entry
+class _Entries:
+    """TID 1601 entries encoded directly: the image (or frame) and its Image Position
+    (Patient) X, Y, Z, each a NUM in mm, byte for byte as pydicom encodes highdicom's
+    :class:`~highdicom.sr.ImageContentItem` with three
+    :class:`~highdicom.sr.NumContentItem` (the tests compare them). A CT lists hundreds
+    of images: built as datasets, they were most of the time an SR took to build and
+    encode. Their values are checked with the rest of the SR when it is read back
+    strictly (:mod:`inference.writers.strict_check`)."""
+
+    def __init__(self) -> None:
+        def coded(code: Code) -> bytes:
+            return encode_items([hd.sr.CodedConcept.from_code(code)])
+
+        self.head = (
+            element(_RELATIONSHIP_TYPE, "CS", text(_CONTAINS.value))
+            + element(_VALUE_TYPE, "CS", text("IMAGE"))
+            + element(_CONCEPT_NAME, "SQ", coded(pacs_codes.SOURCE))
+        )
+        number = element(_RELATIONSHIP_TYPE, "CS", text(_ACQ_CONTEXT.value)) + element(
+            _VALUE_TYPE, "CS", text("NUM")
+        )
+        self.numbers = [number + element(_CONCEPT_NAME, "SQ", coded(code)) for code in _POSITION]
+        self.millimetre = element(_UNITS, "SQ", coded(codes.UCUM.Millimeter))
+
+    def encode(self, image: Dataset, frame_number: int | None) -> bytes:
+        reference = element(
+            _REFERENCED_SOP_CLASS, "UI", text(str(image.SOPClassUID), b"\0")
+        ) + element(_REFERENCED_SOP_INSTANCE, "UI", text(str(image.SOPInstanceUID), b"\0"))
+        if frame_number is not None:
+            reference += element(_REFERENCED_FRAME, "IS", text(str(frame_number)))
+        numbers = b""
+        for head, value in zip(self.numbers, image.ImagePositionPatient, strict=True):
+            measured = self.millimetre
+            if isinstance(value, float):
+                measured += element(_FLOATING_POINT_VALUE, "FD", struct.pack("<d", value))
+            measured += element(_NUMERIC_VALUE, "DS", text(_number_string(value)))
+            numbers += item(head + element(_MEASURED_VALUE, "SQ", item(measured)))
+        return item(
+            element(_REFERENCED_SOP, "SQ", item(reference))
+            + self.head
+            + element(_CONTENT_SEQUENCE, "SQ", numbers)
+        )
+
+
+def _number_string(value: float) -> str:
+    """A DS value as highdicom sets it (``DS(value, auto_format=True)``) and pydicom
+    writes it (its original string, if any)."""
+    number = DS(value, auto_format=True)
+    return str(getattr(number, "original_string", number))
 
 
 def _is_position(item: Dataset) -> bool:
@@ -146,24 +212,19 @@ def _is_position(item: Dataset) -> bool:
     )
 
 
-def _projection_group(
-    frame_of_reference_uid: str, images: list[Dataset]
-) -> hd.sr.ContainerContentItem:
+def _projection_group(frame_of_reference_uid: str, images: list[Dataset]) -> Dataset:
     """A group of projection radiographs (one modality and frame of reference, if any)."""
-    group = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS
-    )
-    group.ContentSequence = hd.sr.ContentSequence()
+    items: list[Dataset] = []
     if frame_of_reference_uid:
-        group.ContentSequence.append(
+        items.append(
             hd.sr.UIDRefContentItem(
                 name=codes.DCM.FrameOfReferenceUID,
                 value=frame_of_reference_uid,
                 relationship_type=_ACQ_CONTEXT,
             )
         )
-    group.ContentSequence.extend(_projection_entry(image) for image in images)
-    return group
+    items.extend(_projection_entry(image) for image in images)
+    return _container(codes.DCM.ImageLibraryGroup, items)
 
 
 def _projection_entry(image: Dataset) -> hd.sr.ImageContentItem:

@@ -44,6 +44,7 @@ from inference.writers import (
     writable_source,
 )
 from inference.writers.findings import SegmentFinding, finding_size, size_unit
+from inference.writers.identity import ResultIdentity
 from inference.writers.sc import WARNING
 from models.manifest import ModelManifest
 
@@ -184,13 +185,13 @@ def summary_pdf(
     volume: Volume,
     manifest: ModelManifest,
     *,
-    backend: str,
-    precision: str,
+    identity: ResultIdentity,
     findings: Sequence[SegmentFinding] = (),
     classes: Sequence[ClassResult] = (),
     key_image: npt.NDArray[np.uint8] | None = None,
 ) -> bytes:
-    """The PDF bytes of the summary page (see the module)."""
+    """The PDF bytes of the summary page (see the module): ``identity`` gives the backend
+    and precision the model ran with."""
     source = volume.source_headers[0]
     texts = [
         _Text(_MARGIN, 790, WARNING, size=18, bold=True, color=_RED),
@@ -207,7 +208,7 @@ def summary_pdf(
     facts = [
         ("Model", f"{manifest.id} version {manifest.version}"),
         ("Algorithm family", manifest.family.meaning),
-        ("Ran on", f"{backend} ({precision}), pacs-ai {pacs_ai_version()}"),
+        ("Ran on", f"{identity.backend} ({identity.precision}), pacs-ai {pacs_ai_version()}"),
         (
             "Source series",
             f"{volume.modality}, {volume.shape[0]} images, series "
@@ -295,20 +296,18 @@ def build_encapsulated_pdf(
     manifest: ModelManifest,
     document: bytes,
     *,
-    sop_instance_uid: str,
-    series_instance_uid: str,
-    series_number: int,
+    identity: ResultIdentity,
     referenced_slices: Sequence[int] = (),
-    instance_number: int = 1,
-    description: str | None = None,
 ) -> Dataset:
     """Wrap ``document`` (PDF bytes) in an Encapsulated PDF object of the source's study.
 
     Implements PS3.3 A.45.1 (Encapsulated PDF IOD): Patient, General Study, Encapsulated
     Document Series (Modality DOC), General Equipment, SC Equipment, Encapsulated
     Document and SOP Common modules. ``referenced_slices`` are the source slices whose
-    images the document shows (Source Instance Sequence). ``description`` (the Series
-    Description) defaults to :func:`~inference.writers.series_description`'s. Patient
+    images the document shows (Source Instance Sequence). ``identity`` names the object;
+    its description (the Series Description) defaults to
+    :func:`~inference.writers.series_description`'s, its Device Serial Number to the
+    model's Device Observer UID. Patient
     and Study attributes come from a :func:`writable_source` copy of the first source
     header.
 
@@ -321,11 +320,11 @@ def build_encapsulated_pdf(
         try:
             dataset = hd.base.SOPClass(
                 study_instance_uid=source.StudyInstanceUID,
-                series_instance_uid=series_instance_uid,
-                series_number=series_number,
-                sop_instance_uid=sop_instance_uid,
+                series_instance_uid=identity.series_instance_uid,
+                series_number=identity.series_number,
+                sop_instance_uid=identity.sop_instance_uid,
                 sop_class_uid=EncapsulatedPDFStorage,
-                instance_number=instance_number,
+                instance_number=identity.instance_number,
                 modality="DOC",
                 manufacturer=MANUFACTURER,
                 transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -338,10 +337,12 @@ def build_encapsulated_pdf(
                 study_date=source.get("StudyDate"),
                 study_time=source.get("StudyTime"),
                 referring_physician_name=source.get("ReferringPhysicianName"),
-                series_description=description or series_description(manifest, "pdf", source),
+                series_description=identity.description
+                or series_description(manifest, "pdf", source),
                 manufacturer_model_name=manifest.name,
                 software_versions=list(software_versions(manifest)),  # type: ignore[arg-type]
-                device_serial_number=str(device_observer_uid(manifest)),
+                device_serial_number=identity.device_serial_number
+                or str(device_observer_uid(manifest)),
                 specific_character_set=source.get("SpecificCharacterSet"),
             )
         except ValueError as exc:

@@ -45,6 +45,7 @@ from inference.writers import (
 )
 from inference.writers.contours import rim
 from inference.writers.findings import SegmentFinding, finding_size, size_text
+from inference.writers.identity import ResultIdentity
 from models.manifest import ModelManifest
 
 #: The annotation burned into every image (and written to Image Comments).
@@ -195,25 +196,21 @@ def build_sc_images(
     findings: Sequence[SegmentFinding],
     manifest: ModelManifest,
     *,
-    series_instance_uid: str,
-    series_number: int,
-    sop_instance_uid: Callable[[int], str],
+    identity: Callable[[int], ResultIdentity],
     max_images: int = 32,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     skip: Callable[[int], bool] = lambda index: False,
-    description: str | None = None,
-    first_instance_number: int = 1,
 ) -> list[tuple[int, hd.sc.SCImage]]:
     """Secondary Capture images of the slices with findings (see the module).
 
     Returns ``(slice index, image)`` pairs in slice order, leaving out the slices for
-    which ``skip(index)`` is true (written already). ``sop_instance_uid(k)`` gives the
-    SOP Instance UID of the image of slice ``k``, and its Instance Number is ``k +
-    first_instance_number``, so that an image is the same whichever other slices a
-    destination gets and a re-run replaces rather than adds images (the overlay of the
-    n-th film of a job whose films share a result series: ``first_instance_number=n``).
-    ``description`` (the Series Description) defaults to
-    :func:`~inference.writers.series_description`'s. Implements PS3.3 A.8.1
+    which ``skip(index)`` is true (written already). ``identity(k)`` is the identity of
+    the image of slice ``k`` (:class:`~inference.writers.identity.ResultIdentity`: the
+    series' UID, number and description, the image's SOP Instance UID and Instance
+    Number), so that an image is the same whichever other slices a destination gets and
+    a re-run replaces rather than adds images. Its description (the Series Description)
+    defaults to :func:`~inference.writers.series_description`'s, its Device Serial
+    Number to the model's Device Observer UID. Implements PS3.3 A.8.1
     (Secondary Capture Image IOD) with the SC Equipment (C.8.6.1) and SC Image (C.8.6.2)
     modules.
 
@@ -247,6 +244,7 @@ def build_sc_images(
             )
             scale = rendered.scale
             source = volume.source_headers[source_of(volume, index).header_index]
+            named = identity(index)
             try:
                 image = hd.sc.SCImage.from_ref_dataset(
                     ref_dataset=writable_source(source),
@@ -259,10 +257,10 @@ def build_sc_images(
                     ),
                     bits_allocated=8,
                     coordinate_system=hd.CoordinateSystemNames.PATIENT,
-                    series_instance_uid=series_instance_uid,
-                    series_number=series_number,
-                    sop_instance_uid=sop_instance_uid(index),
-                    instance_number=index + first_instance_number,
+                    series_instance_uid=named.series_instance_uid,
+                    series_number=named.series_number,
+                    sop_instance_uid=named.sop_instance_uid,
+                    instance_number=named.instance_number,
                     manufacturer=MANUFACTURER,
                     # (row, column) spacing in mm; highdicom annotates it as ints.
                     pixel_spacing=(
@@ -274,10 +272,12 @@ def build_sc_images(
                     patient_orientation=orientation or ("L", "F"),
                     transfer_syntax_uid=transfer_syntax_uid,
                     contributing_equipment=[processing_equipment(manifest)],
-                    series_description=description or series_description(manifest, "sc", source),
+                    series_description=named.description
+                    or series_description(manifest, "sc", source),
                     manufacturer_model_name=manifest.name,
                     software_versions=list(software_versions(manifest)),
-                    device_serial_number=str(device_observer_uid(manifest)),
+                    device_serial_number=named.device_serial_number
+                    or str(device_observer_uid(manifest)),
                 )
             except ValueError as exc:
                 raise InvalidInputError(

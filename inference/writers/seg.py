@@ -64,13 +64,11 @@ from inference.volume import Volume
 from inference.writers import (
     MANUFACTURER,
     STAGE,
-    count_labels,
     device_observer_uid,
     encoded_slices,
     headers_in_frame,
     ordered_labels,
     processing_equipment,
-    segment_voxel_counts,
     series_description,
     software_versions,
     strict_writing,
@@ -78,6 +76,8 @@ from inference.writers import (
     tracking_identifier,
     tracking_uid,
 )
+from inference.writers.findings import SegmentFinding, segment_findings
+from inference.writers.identity import ResultIdentity
 from models.manifest import ModelManifest
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,10 @@ def _segment_map(
     """The label map with segment numbers as values (no copy when they already are)."""
     values = [label.value for label in ordered_labels(manifest)]
     dtype = np.uint8 if len(values) < 256 else np.uint16
-    if values == list(range(1, len(values) + 1)) and labels.dtype == dtype:
-        return labels  # type: ignore[return-value]
+    if values == list(range(1, len(values) + 1)):
+        # Label values are segment numbers already: at most a narrowing copy (undeclared
+        # values, which could overflow it, were refused already).
+        return labels.astype(dtype, copy=False)  # type: ignore[return-value]
     # Undeclared values were refused already, so max(values) bounds the map.
     lookup = np.zeros(max(values) + 1, dtype=dtype)
     for number, value in enumerate(values, start=1):
@@ -199,37 +201,14 @@ def _add_empty_frames(seg: hd.seg.Segmentation, segments: Sequence[int]) -> hd.s
 SegmentationType = Literal["binary", "labelmap"]
 
 
-def build_seg(
-    volume: Volume,
-    labels: npt.NDArray[np.integer],
-    manifest: ModelManifest,
-    *,
-    sop_instance_uid: str,
-    series_instance_uid: str,
-    series_number: int,
-    instance_number: int = 1,
-    device_serial_number: str | None = None,
-    backend: str | None = None,
-    precision: str | None = None,
-    segmentation_type: SegmentationType = "binary",
-    empty_frames: EmptyFrames = "one-per-segment",
-    transfer_syntax_uid: str = ExplicitVRLittleEndian,
-    description: str | None = None,
-) -> hd.seg.Segmentation:
-    """Encode ``labels`` (``[z, y, x]``, aligned with ``volume.voxels``) as a SEG.
-
-    Implements PS3.3 A.51 (Segmentation IOD; A.51.5 for the Label Map Segmentation SOP
-    class) with the Segmentation Image Module (C.8.20.2), Multi-frame Functional Groups
-    (C.7.6.16) and Enhanced General Equipment (C.7.5.2). ``device_serial_number``
-    defaults to the model's Device Observer UID (the SR's); ``description`` (the Series
-    Description) to :func:`~inference.writers.series_description`'s. See the module for
-    ``empty_frames`` and the transfer syntaxes.
+def _checked_labels(
+    volume: Volume, labels: npt.NDArray[np.integer], manifest: ModelManifest
+) -> npt.NDArray[np.integer]:
+    """``labels`` if a SEG can encode them on ``volume`` (a boolean mask as uint8).
 
     Raises:
-        InvalidInputError: (``stage="write"``) the label map does not fit the volume or
-            holds values the manifest does not declare, or a value copied from the source
-            does not conform (writing validation RAISE).
-        ValueError: the transfer syntax cannot encode this segmentation type.
+        InvalidInputError: (``stage="write"``) the map does not fit the volume, is not of
+            an unsigned integer type, or the manifest declares no labels.
     """
     if labels.shape != volume.shape:
         raise InvalidInputError(
@@ -242,29 +221,60 @@ def build_seg(
             f"label map dtype {labels.dtype} is not an unsigned integer type (uint8/uint16)",
             stage=STAGE,
         )
-    if labels.dtype == np.bool_:
-        labels = labels.view(np.uint8)
     if not manifest.labels:
         raise InvalidInputError(
             f"model {manifest.id} declares no labels; it cannot produce a SEG", stage=STAGE
         )
-    segment_voxel_counts(labels, manifest)  # refuses undeclared values
-    # Frames only on source images (or frames): never on interpolated slices.
+    return labels.view(np.uint8) if labels.dtype == np.bool_ else labels
+
+
+def build_seg(
+    volume: Volume,
+    labels: npt.NDArray[np.integer],
+    manifest: ModelManifest,
+    *,
+    identity: ResultIdentity,
+    segmentation_type: SegmentationType = "binary",
+    empty_frames: EmptyFrames = "one-per-segment",
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    findings: Sequence[SegmentFinding] | None = None,
+) -> hd.seg.Segmentation:
+    """Encode ``labels`` (``[z, y, x]``, aligned with ``volume.voxels``) as a SEG.
+
+    Implements PS3.3 A.51 (Segmentation IOD; A.51.5 for the Label Map Segmentation SOP
+    class) with the Segmentation Image Module (C.8.20.2), Multi-frame Functional Groups
+    (C.7.6.16) and Enhanced General Equipment (C.7.5.2). ``identity`` names the object
+    (:class:`~inference.writers.identity.ResultIdentity`): its Device Serial Number
+    defaults to the model's Device Observer UID (the SR's), its Series Description to
+    :func:`~inference.writers.series_description`'s, and its backend and precision, when
+    given, become the Algorithm Parameters. ``findings``
+    (:func:`~inference.writers.findings.segment_findings` of the same labels), when given,
+    say which segments are empty without counting the labels again. See the module for
+    ``empty_frames`` and the transfer syntaxes.
+
+    Raises:
+        InvalidInputError: (``stage="write"``) the label map does not fit the volume or
+            holds values the manifest does not declare, or a value copied from the source
+            does not conform (writing validation RAISE).
+        ValueError: the transfer syntax cannot encode this segmentation type.
+    """
+    labels = _checked_labels(volume, labels, manifest)
+    if findings is None:
+        findings = segment_findings(volume, labels, manifest)  # refuses undeclared values
+    # Frames only on source images (or frames): never on interpolated slices, which a
+    # finding's slices never include.
+    empty = [finding.number for finding in findings if not finding.slices]
     order = encoded_slices(volume)
     segment_labels = _segment_map(labels, manifest)
     if order != list(range(labels.shape[0])):
         segment_labels = segment_labels[order]
-    counts = count_labels(segment_labels)
-    empty = [
-        number
-        for number in range(1, len(manifest.labels) + 1)
-        if number >= counts.size or counts[number] == 0
-    ]
     parameters = {
-        key: value for key, value in (("backend", backend), ("precision", precision)) if value
+        key: value
+        for key, value in (("backend", identity.backend), ("precision", identity.precision))
+        if value
     }
     headers = headers_in_frame(volume)
-    serial = device_serial_number or str(device_observer_uid(manifest))
+    serial = identity.device_serial_number or str(device_observer_uid(manifest))
     labelmap = segmentation_type == "labelmap"
     with strict_writing():
         algorithm = hd.AlgorithmIdentificationSequence(
@@ -289,17 +299,17 @@ def build_seg(
                     else hd.seg.SegmentationTypeValues.BINARY
                 ),
                 segment_descriptions=descriptions,
-                series_instance_uid=series_instance_uid,
-                series_number=series_number,
-                sop_instance_uid=sop_instance_uid,
-                instance_number=instance_number,
+                series_instance_uid=identity.series_instance_uid,
+                series_number=identity.series_number,
+                sop_instance_uid=identity.sop_instance_uid,
+                instance_number=identity.instance_number,
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=manifest.name,
                 software_versions=list(software_versions(manifest)),  # type: ignore[arg-type]
                 device_serial_number=serial,
                 content_description=f"{manifest.name} {manifest.version}"[:64],
                 content_label=_CONTENT_LABEL,
-                series_description=description
+                series_description=identity.description
                 or series_description(manifest, "seg", volume.source_headers[0]),
                 omit_empty_frames=not one_plane and empty_frames != "all",
                 further_source_images=headers[1:] if one_plane and not multiframe else None,
@@ -334,7 +344,7 @@ def build_seg(
         names = [descriptions[n - 1].SegmentLabel for n in empty]
         logger.info(
             "SEG %s: segment(s) %s (%s) empty (empty frames: %s)",
-            sop_instance_uid,
+            identity.sop_instance_uid,
             empty,
             ", ".join(names),
             empty_frames,

@@ -82,6 +82,7 @@ from inference.writers import (
     writable_source,
 )
 from inference.writers.findings import SegmentFinding, round_value, segment_findings
+from inference.writers.identity import ResultIdentity
 from inference.writers.image_library import image_library
 from models.manifest import CodeSpec, ModelManifest
 
@@ -401,31 +402,27 @@ def build_sr(
     labels: npt.NDArray[np.integer],
     manifest: ModelManifest,
     *,
-    sop_instance_uid: str,
-    series_instance_uid: str,
-    series_number: int,
-    backend: str,
-    precision: str,
-    instance_number: int = 1,
-    device_serial_number: str | None = None,
+    identity: ResultIdentity,
     findings: Sequence[SegmentFinding] | None = None,
-    description: str | None = None,
     implausible: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Measurement Report of a segmentation.
 
     ``seg`` must be the SEG :func:`inference.writers.seg.build_seg` made from the same
-    ``volume``, ``labels`` and ``manifest`` (BINARY or LABELMAP), or ``None`` for a
-    report without one. ``findings`` (:func:`segment_findings`) are computed from
-    ``labels`` when not given; ``description`` (the Series Description) defaults to
-    :func:`~inference.writers.series_description`'s. Implements PS3.3 A.35.13
+    ``volume``, ``labels`` and ``manifest`` (BINARY or LABELMAP, any transfer syntax), or
+    ``None`` for a report without one. ``findings`` (:func:`segment_findings`) are
+    computed from ``labels`` when not given. ``identity`` names the document and must
+    give the backend and precision (the Algorithm Parameters); its description (the
+    Series Description) defaults to :func:`~inference.writers.series_description`'s.
+    Implements PS3.3 A.35.13
     (Comprehensive 3D SR IOD) with PS3.16 TID 1500 / 1411 / 1410 / 1501 / 1600 / 300 /
     4019 / 4108 / 1004.
 
     Raises:
         InvalidInputError: (``stage="write"``) the label map holds undeclared values, or
             a value copied from the source does not conform (writing validation RAISE).
-        ValueError: ``seg`` was not built for this manifest and volume.
+        ValueError: ``seg`` was not built for this manifest and volume, or ``identity``
+            lacks the backend or precision.
 
     ``implausible``: what was outside the model's expectations (a result delivered
     flagged, :mod:`inference.plausibility`), added to the report's qualitative
@@ -435,10 +432,10 @@ def build_sr(
         _check_seg_matches(seg, manifest, volume)
     if findings is None:
         findings = segment_findings(volume, labels, manifest)
-    serial = device_serial_number or str(device_observer_uid(manifest))
+    serial = identity.device_serial_number or str(device_observer_uid(manifest))
     found = [finding for finding in findings if finding.present]
     with strict_writing():
-        algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
+        algorithm, observer = _algorithm_and_observer(manifest, identity, serial)
         groups: list[_Group] = []
         for finding in found or findings:
             if seg is not None and volume.projection is not None:
@@ -450,24 +447,21 @@ def build_sr(
             planar = _planar_group(volume, manifest, finding, algorithm)
             if planar is not None:
                 groups.append(planar)
-        report = _measurement_report(groups, volume, observer)
+        report = _measurement_report(groups, observer)
         evaluations = _evaluations(volume, findings, implausible)
         if evaluations is not None:
             report.ContentSequence.append(evaluations)
         sr = _document(
             report,
+            volume,
             [*volume.source_headers, *([seg] if seg is not None else [])],
             manifest,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
+            identity=identity,
             serial=serial,
-            description=description,
         )
     logger.info(
         "SR %s: %d of %d label(s) found, %s",
-        sop_instance_uid,
+        identity.sop_instance_uid,
         len(found),
         len(findings),
         ", ".join(f"{f.label.name} {f.volume_ml:.1f} ml" for f in found) or "none",
@@ -516,13 +510,7 @@ def build_classification_sr(
     classes: Sequence[ClassResult],
     manifest: ModelManifest,
     *,
-    sop_instance_uid: str,
-    series_instance_uid: str,
-    series_number: int,
-    backend: str,
-    precision: str,
-    instance_number: int = 1,
-    description: str | None = None,
+    identity: ResultIdentity,
     implausible: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Measurement Report of a classification model's findings.
@@ -533,44 +521,36 @@ def build_classification_sr(
     algorithm identification with backend and precision; the source images are the
     group's evidence. PS3.3 A.35.13, PS3.16 TID 1500 / 1501 / 4019 / 1004.
     ``implausible`` as for :func:`build_sr`, in a report-level Qualitative Evaluations
-    container.
+    container. ``identity`` as for :func:`build_sr`.
 
     Raises:
         InvalidInputError: (``stage="write"``) a value copied from the source does not
             conform (writing validation RAISE).
+        ValueError: ``identity`` lacks the backend or precision.
     """
-    serial = str(device_observer_uid(manifest))
+    serial = identity.device_serial_number or str(device_observer_uid(manifest))
     with strict_writing():
-        algorithm, observer = _algorithm_and_observer(manifest, backend, precision, serial)
+        algorithm, observer = _algorithm_and_observer(manifest, identity, serial)
         groups = [_class_group(result, volume, manifest, algorithm=algorithm) for result in classes]
-        report = _measurement_report(groups, volume, observer)
+        report = _measurement_report(groups, observer)
         # TID 1500 row 12, with only the quality control or comments (rows 13-14).
         evaluations = _evaluations(volume, (), implausible)
         if evaluations is not None:
             report.ContentSequence.append(evaluations)
         sr = _document(
-            report,
-            list(volume.source_headers),
-            manifest,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            serial=serial,
-            description=description,
+            report, volume, list(volume.source_headers), manifest, identity=identity, serial=serial
         )
     logger.info(
         "SR %s: %s",
-        sop_instance_uid,
+        identity.sop_instance_uid,
         ", ".join(f"{r.spec.name} {r.probability:.3f}" for r in classes),
     )
     return sr
 
 
-def _measurement_report(
-    groups: Sequence[_Group], volume: Volume, observer: hd.sr.ObserverContext
-) -> Dataset:
-    """The TID 1500 root container over ``groups``, observed by the model's device."""
+def _measurement_report(groups: Sequence[_Group], observer: hd.sr.ObserverContext) -> Dataset:
+    """The TID 1500 root container over ``groups``, observed by the model's device (the
+    Image Library is added to the document by :func:`_document`)."""
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.IMAGING_PROCEDURE,
@@ -578,50 +558,47 @@ def _measurement_report(
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
     root: Dataset = report[0]
-    # TID 1500 row 4: the Image Library comes right before the Imaging Measurements (our
-    # own, with shared descriptors stated once per group: see image_library).
-    measurements = len(root.ContentSequence) - 1
-    images = library_images(volume)
-    root.ContentSequence.insert(
-        measurements,
-        image_library([image for image, _ in images], [frame for _, frame in images]),
-    )
     return root
 
 
 def _document(
     report: Dataset,
+    volume: Volume,
     evidence: Sequence[Dataset],
     manifest: ModelManifest,
     *,
-    series_instance_uid: str,
-    series_number: int,
-    sop_instance_uid: str,
-    instance_number: int,
+    identity: ResultIdentity,
     serial: str,
-    description: str | None,
 ) -> hd.sr.Comprehensive3DSR:
-    """``report`` as a Comprehensive 3D SR with pacs-ai's identification (IHE AIR).
+    """``report`` as a Comprehensive 3D SR with pacs-ai's identification (IHE AIR), its
+    Image Library (TID 1500 row 4) listing the volume's source images.
 
     Patient and Study attributes come from a :func:`writable_source` copy of the first
     evidence item (highdicom reads them there).
+
+    highdicom copies the content tree it is given and searches it for the images it
+    references; the Image Library, most of a report on a CT (four items an image), is
+    added to the document afterwards, right before the Imaging Measurements, as TID 1500
+    places it. Every image it lists is evidence already (the source images are), so the
+    evidence sequences are those highdicom would have written with it.
 
     Raises:
         InvalidInputError: a value copied from the source does not conform.
     """
     try:
-        return hd.sr.Comprehensive3DSR(
+        sr = hd.sr.Comprehensive3DSR(
             evidence=[writable_source(evidence[0]), *evidence[1:]],
             content=report,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
             manufacturer=MANUFACTURER,
             is_complete=True,
             is_final=False,
             is_verified=False,
-            series_description=description or series_description(manifest, "sr", evidence[0]),
+            series_description=identity.description
+            or series_description(manifest, "sr", evidence[0]),
             manufacturer_model_name=manifest.name,
             software_versions=list(software_versions(manifest)),
             device_serial_number=serial,
@@ -629,17 +606,45 @@ def _document(
         )
     except ValueError as exc:
         raise InvalidInputError(f"cannot encode the report: {exc}", stage=STAGE) from exc
+    images = library_images(volume)
+    items = list(sr.ContentSequence)
+    library_at = next(
+        (index for index, item in enumerate(items) if _is_imaging_measurements(item)), len(items)
+    )
+    library = image_library([image for image, _ in images], [frame for _, frame in images])
+    # A plain sequence: highdicom's accepts its own content item classes only, and the
+    # library's entries are plain items (see inference.writers.image_library).
+    sr.ContentSequence = [*items[:library_at], library, *items[library_at:]]
+    return sr
+
+
+def _is_imaging_measurements(item: Dataset) -> bool:
+    """Whether ``item`` is the Imaging Measurements container (TID 1500 row 6)."""
+    name = item.ConceptNameCodeSequence[0]
+    code = pydicom_codes.DCM.ImagingMeasurements
+    return bool(
+        name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
+    )
 
 
 def _algorithm_and_observer(
-    manifest: ModelManifest, backend: str, precision: str, serial: str
+    manifest: ModelManifest, identity: ResultIdentity, serial: str
 ) -> tuple[hd.sr.AlgorithmIdentification, hd.sr.ObserverContext]:
-    """TID 4019 algorithm identification and the device observer (TID 1004) of a model."""
+    """TID 4019 algorithm identification and the device observer (TID 1004) of a model.
+
+    Raises:
+        ValueError: ``identity`` lacks the backend or precision.
+    """
+    if not identity.backend or not identity.precision:
+        raise ValueError(
+            "a measurement report names the inference backend and precision: give both in "
+            "the ResultIdentity"
+        )
     algorithm = hd.sr.AlgorithmIdentification(
         name=manifest.name,
         version=manifest.version,
         # One item, not two: dcmqi's reader keeps only the first Algorithm Parameters.
-        parameters=[algorithm_parameters(backend, precision)],
+        parameters=[algorithm_parameters(identity.backend, identity.precision)],
         family=code_from_spec(manifest.family),
         manufacturer=MANUFACTURER,
     )

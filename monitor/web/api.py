@@ -10,12 +10,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.ledger import UnknownJobError
+from core.ledger import DISPLAY_STATES, UnknownJobError
 from monitor import api
 from monitor.actions import ActionRefusedError
 from monitor.auth import Principal
 from monitor.health import readiness
-from monitor.readings import DISPLAY_STATES
 from monitor.set_aside import set_aside, set_aside_json
 from monitor.web.common import (
     ApiError,

@@ -6,6 +6,7 @@ path                             method what
 ``/``                            GET    overview: jobs, charts, queues, workers, destinations
 ``/jobs/<id>``                   GET    one job: stages, history, outbox, actions
 ``/jobs/<id>/<action>``          POST   retry, resend, discard, release (admin, CSRF token)
+``/pulls``                       POST   start a run for a study found by accession (admin)
 ``/audit``                       GET    the audit log
 ``/login``, ``/logout``          POST   sessions (a GET of /login shows the form)
 ``/api/jobs[/<id>]``             GET    JSON (``?state=FAILED&limit=50``)
@@ -15,6 +16,9 @@ path                             method what
 ``/api/docs``, ``/api/openapi.json`` GET the API's description and OpenAPI schema
 ``/metrics``                     GET    Prometheus text format
 ``/healthz``, ``/readyz``        GET    JSON; never need authentication
+``/dicomweb/...``                GET    WADO-RS of the spool, and POST STOW-RS of results,
+                                        for remote workers (``worker`` tokens only; see
+                                        :mod:`monitor.web.dicomweb`)
 ================================ ====== ===================================================
 
 Around the routes: the request-size limit (413 before any body is read), the Host check
@@ -45,8 +49,9 @@ from monitor.assets import REFRESH_SCRIPT, STYLE
 from monitor.auth import SESSION_COOKIE, Authenticator
 from monitor.health import readiness
 from monitor.metrics import MetricsEndpoint, NodeStats
+from monitor.pulls import Pulls, PullStarter
 from monitor.readings import Readings
-from monitor.web import api, login, views
+from monitor.web import api, dicomweb, login, pulls, views
 from monitor.web.common import (
     MAX_BODY,
     ApiError,
@@ -101,20 +106,26 @@ class SecurityHeaders:
 class BodyLimit:
     """Refuses bodies over ``limit`` bytes: at once when ``Content-Length`` says so (no
     byte of the body read), else while a chunked body arrives. Malformed lengths
-    (``-1``, ``1e9``) are refused by the HTTP parser (h11) before this."""
+    (``-1``, ``1e9``) are refused by the HTTP parser (h11) before this. ``larger``: path
+    prefixes with a limit of their own (STOW-RS uploads of result objects)."""
 
-    def __init__(self, app: ASGIApp, *, limit: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int = MAX_BODY, larger: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = next((n for p, n in self.larger.items() if path.startswith(p)), self.limit)
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 answer = PlainTextResponse(
-                    f"request body over {self.limit} bytes refused", status_code=413
+                    f"request body over {limit} bytes refused", status_code=413
                 )
                 answer.headers["connection"] = "close"
                 await answer(scope, receive, send)
@@ -126,8 +137,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise StarletteHTTPException(413, f"request body over {self.limit} bytes")
+                if seen > limit:
+                    raise StarletteHTTPException(413, f"request body over {limit} bytes")
             return message
 
         await self.app(scope, counted, send)
@@ -149,6 +160,7 @@ def create_app(
     inspector: BrokerInspector | None,
     node_stats: NodeStats | None = None,
     tls: bool = False,
+    pull_starter: PullStarter | None = None,
 ) -> FastAPI:
     readings = Readings(settings, ledger, inspector=inspector)
     services = Services(
@@ -159,6 +171,7 @@ def create_app(
         metrics=MetricsEndpoint(readings, node_stats=node_stats),
         throttle=SignInThrottle(),
         tls=tls,
+        pulls=Pulls(settings, ledger, starter=pull_starter),
     )
     app = FastAPI(
         title=f"pacs-ai {settings.node.ae_title} monitor",
@@ -170,6 +183,8 @@ def create_app(
     app.include_router(views.router)
     app.include_router(login.router)
     app.include_router(api.router)
+    app.include_router(pulls.router)
+    app.include_router(dicomweb.router)
     _public_routes(app, services)
     _error_handlers(app)
     # Added innermost first: the body limit and the security headers wrap everything.
@@ -183,7 +198,9 @@ def create_app(
     )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    # Uploads of result objects (STOW-RS) are bounded per object and in number.
+    uploads = {"/dicomweb/": dicomweb.MAX_UPLOAD_OBJECTS * settings.node.max_instance_bytes}
+    app.add_middleware(BodyLimit, limit=MAX_BODY, larger=uploads)
     return app
 
 

@@ -17,9 +17,10 @@ from markupsafe import Markup
 
 from core.settings import Settings
 from monitor.actions import JobActions
-from monitor.auth import Authenticator, Principal
+from monitor.auth import WORKER, Authenticator, Principal
 from monitor.formatting import redact, seconds, size, when
 from monitor.metrics import MetricsEndpoint
+from monitor.pulls import Pulls
 from monitor.readings import Readings
 from monitor.web.throttle import SignInThrottle
 
@@ -42,6 +43,8 @@ class Services:
     metrics: MetricsEndpoint
     throttle: SignInThrottle
     tls: bool
+    #: Studies pulled from a PACS: listed with their progress, started by accession.
+    pulls: Pulls
     password_checks: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(PASSWORD_CHECKS_AT_ONCE)
     )
@@ -98,6 +101,8 @@ def page_principal(request: Request, svc: ServicesDep) -> Principal:
     principal = identify(request, svc)
     if principal is None:
         raise SignInRequiredError(request.url.path)
+    if principal.role == WORKER:
+        raise PageError(403, "a worker token serves DICOMweb only")
     return principal
 
 
@@ -107,6 +112,9 @@ def api_principal(request: Request, svc: ServicesDep) -> Principal:
         raise ApiError(
             401, "authentication required", {"WWW-Authenticate": 'Bearer realm="pacs-ai"'}
         )
+    if principal.role == WORKER:
+        # A remote worker's token opens the spool over DICOMweb, not the dashboard.
+        raise ApiError(403, "a worker token serves DICOMweb only")
     return principal
 
 

@@ -16,6 +16,7 @@ from core.ledger import Ledger
 from core.queue import BrokerInspector
 from core.settings import Settings
 from monitor.metrics import NodeStats
+from monitor.pulls import PullStarter
 from monitor.web.app import create_app
 
 logger = logging.getLogger(__name__)
@@ -35,11 +36,19 @@ class MonitorServer:
         *,
         inspector: BrokerInspector | None,
         node_stats: NodeStats | None = None,
+        pull_starter: PullStarter | None = None,
     ) -> None:
+        """``pull_starter``: what starts a run from the dashboard (the node's; without
+        it the dashboard lists retrievals but starts none)."""
         self.settings = settings
         tls = settings.monitor.tls
         self.app = create_app(
-            settings, ledger, inspector=inspector, node_stats=node_stats, tls=tls is not None
+            settings,
+            ledger,
+            inspector=inspector,
+            node_stats=node_stats,
+            tls=tls is not None,
+            pull_starter=pull_starter,
         )
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

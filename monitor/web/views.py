@@ -12,15 +12,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.ledger import UnknownJobError
+from core.ledger import (
+    DISCARDED,
+    NOT_ROUTED_STATES,
+    STAGES,
+    JobDetail,
+    JobView,
+    UnknownJobError,
+)
 from monitor.actions import DISCARDABLE, ActionRefusedError
 from monitor.auth import Principal
 from monitor.charts import buckets, throughput_svg, turnaround_svg
 from monitor.formatting import seconds, size
 from monitor.health import readiness
-from monitor.readings import DISCARDED, JobDetail, JobView, Readings
-from monitor.set_aside import NOT_ROUTED_STATES, set_aside
-from monitor.timeline import STAGES
+from monitor.readings import Readings
+from monitor.set_aside import set_aside
 from monitor.web.common import (
     PageError,
     PagePrincipal,
@@ -199,6 +205,10 @@ def overview(request: Request, svc: ServicesDep, principal: PagePrincipal) -> Re
         workers=readings.workers(),
         destinations=readings.destinations(),
         aside=set_aside(readings, limit=monitor.jobs_shown) if chosen == "set-aside" else None,
+        pulls=svc.pulls.recent(),
+        pull_sources=svc.pulls.sources() if principal.is_admin else [],
+        pull_destinations=list(svc.settings.destinations),
+        pulled=request.query_params.get("pulled"),
     )
 
 
@@ -223,6 +233,10 @@ def _actions(principal: Principal, detail: JobDetail) -> list[tuple[str, str]]:
     undelivered = [i for i in detail.outbox if i.state.value in ("DEAD", "REJECTED")]
     if undelivered and job.state in ("FAILED", "DONE", DISCARDED):
         actions.append(("resend", "Re-send results"))
+    elif job.shadow and job.state == "DONE" and job.destinations:
+        sent = [i for i in detail.outbox if i.state.value == "SENT"]
+        if not sent:
+            actions.append(("resend", "Send the kept results"))
     waiting = [i for i in detail.outbox if i.state.value == "PENDING"]
     if waiting and job.state == "DELIVERING":
         # Waiting in its retry schedule (a PACS away, a destination misconfigured and

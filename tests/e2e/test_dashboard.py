@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 from core.jobs import JobState
-from core.ledger.outbox import Outbox
+from core.ledger import Outbox
 from monitor.passwords import hash_password
 from pacs_ai.phantom import write_chest_ct_series
 from tests.conftest import DicomFactory

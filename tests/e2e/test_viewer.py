@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from core.output_profiles import OutputProfile, SegEncoding
 from core.settings import DicomWebDestination
-from inference.pipeline import ModelRunner
+from inference.pipeline import Labels, ModelRunner
 from inference.results import WrittenResults, load_and_predict, write_results
 from inference.volume import Volume
 from models.registry import BUILTIN_DIR, load_package
@@ -54,7 +54,7 @@ RIGHT_LUNG, LEFT_LUNG = 1, 2
 @dataclass
 class Study:
     volume: Volume
-    labels: npt.NDArray[np.uint16]
+    labels: Labels
     written: WrittenResults
 
     @property

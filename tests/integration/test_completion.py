@@ -13,8 +13,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from core.jobs import JobState, SeriesState, StudyState
-from core.ledger import Ledger
-from core.ledger.outbox import DeliveryState, Outbox
+from core.ledger import DeliveryState, Ledger, Outbox
 from core.messages import model_queue
 from core.queue import JobQueue, make_celery
 from core.settings import Settings, validate_settings

@@ -16,10 +16,9 @@ import pytest
 from pydicom import dcmread
 
 from core.jobs import InstanceRecord, JobRecord, JobState
-from core.ledger import Ledger
-from core.ledger.outbox import DeliveryState, ItemKind, NewItem, Outbox
+from core.ledger import DeliveryState, ItemKind, Ledger, NewItem, Outbox, result_items
 from core.settings import Settings, validate_settings
-from node_services.delivery import DeliveryService, result_items
+from node_services.delivery import DeliveryService
 from tests.conftest import DicomFactory
 from tests.support.peers import Orthanc
 

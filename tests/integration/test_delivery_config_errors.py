@@ -16,15 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
-from sqlalchemy import select
 
 from core.jobs import InstanceRecord, JobRecord, JobState
-from core.ledger import Ledger
-from core.ledger.outbox import DeliveryState, Outbox
-from core.ledger.schema import audit_table
+from core.ledger import DeliveryState, Ledger, Outbox, result_items
 from core.settings import Settings, validate_settings
 from monitor.readings import Readings
-from node_services.delivery import DeliveryService, result_items
+from node_services.delivery import DeliveryService
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.peers import LOCALHOST, Orthanc, RedisServer
@@ -194,9 +191,8 @@ def test_a_pacs_that_does_not_know_our_ae_title_is_a_configuration_error_said_at
     assert done.state is JobState.DONE and done.reason is None
     assert len(orthanc.instances()) == 2
     assert Outbox(ledger).destination_problems() == {}
-    with ledger.engine.connect() as conn:
-        audit = conn.execute(select(audit_table.c.action, audit_table.c.outcome)).all()
-    assert [tuple(row) for row in audit] == [("resend", "ok")]
+    audit = ledger.audit_entries()
+    assert [(entry.action, entry.outcome) for entry in audit] == [("resend", "ok")]
     notes = [e.reason for e in ledger.events(job.job_id) if e.kind == "note"]
     assert len(notes) == 1, "the reason is noted once, not at every attempt"
 

@@ -15,7 +15,6 @@ import getpass
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import pytest
@@ -23,11 +22,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 from pydicom import dcmread
-from sqlalchemy import select
 
 from core.jobs import JobRecord, JobState
-from core.ledger.outbox import DeliveryState, Outbox
-from core.ledger.schema import audit_table
+from core.ledger import AuditEntry, DeliveryState, Outbox
 from core.messages import RunJobMessage
 from core.settings import Settings, validate_settings
 from inference import codes
@@ -99,9 +96,8 @@ class Rig:
     def deliver(self) -> None:
         DeliveryService(self.settings, self.runtime.ledger).run_once()
 
-    def audit(self, action: str) -> list[Any]:
-        with self.runtime.ledger.engine.connect() as conn:
-            return list(conn.execute(select(audit_table).where(audit_table.c.action == action)))
+    def audit(self, action: str) -> list[AuditEntry]:
+        return list(reversed(self.runtime.ledger.audit_entries(action=action)))
 
 
 def settings_for(

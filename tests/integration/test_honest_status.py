@@ -17,15 +17,13 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from core.jobs import InstanceRecord, JobState, SeriesState
-from core.ledger import Ledger
-from core.ledger.outbox import Outbox
-from core.presence import Presence
+from core.ledger import Ledger, Outbox, Presence, result_items
 from core.settings import validate_settings
 from dicom_node.node import Node
 from dicom_node.status import Status
 from monitor.metrics import MetricsEndpoint
 from monitor.readings import Readings
-from node_services.delivery import DeliveryService, result_items
+from node_services.delivery import DeliveryService
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.node import CT_IMAGE, associate, context_for, data_set_bytes
@@ -215,7 +213,12 @@ def test_status_and_metrics_show_everything_that_did_not_become_a_result(
     node.recorder.flush()
     uid = {name: str(dcmread(f[0]).SeriesInstanceUID) for name, f in (("mr", mr), ("few", few))}
     good_uid = str(dcmread(good[0]).SeriesInstanceUID)
-    wait_for(lambda: bool(node.ledger.jobs(series_uid=good_uid)), 10, "the CT job")
+    # Queued, not only opened: the node queues a job a moment after it opens it.
+    wait_for(
+        lambda: [j.state for j in node.ledger.jobs(series_uid=good_uid)] == [JobState.QUEUED],
+        10,
+        "the CT job queued",
+    )
     wait_for(
         lambda: node.ledger.get_series(uid["mr"]).state == SeriesState.UNROUTED,
         10,

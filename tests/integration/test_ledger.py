@@ -15,9 +15,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from core.jobs import InstanceRecord, JobState, SeriesState
-from core.ledger import InvalidTransitionError, Ledger, UnknownJobError
-from core.ledger.schema import ADDED_COLUMNS
-from core.presence import Presence
+from core.ledger import InvalidTransitionError, Ledger, Presence, UnknownJobError
+from tests.support.databases import migrate
+from tests.support.missing import skip_locally_fail_in_ci
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PACS_AI_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -44,9 +44,7 @@ def _postgres_ledger() -> Iterator[Ledger]:
     except OperationalError as exc:
         admin.dispose()
         message = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.orig}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_locally_fail_in_ci(message)
     instance = Ledger(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
     instance.create_schema()
     try:
@@ -319,12 +317,9 @@ def test_an_identity_conflict_recorded_again_stays_one_quarantine_record(ledger:
 def test_a_ledger_made_by_the_previous_release_is_upgraded_in_place(ledger: Ledger) -> None:
     ledger.record_instances([instance("1.9.1", at=100.0)])
     ledger.worker_heartbeat("w", host="h", pid=1, device="cpu", models=["m"])
-    with ledger.engine.begin() as conn:  # back to schema 1
-        for table, column in ADDED_COLUMNS:
-            conn.execute(text(f"ALTER TABLE {table.name} DROP COLUMN {column}"))
-        conn.execute(text("DROP TABLE nodes"))
-        conn.execute(text("DROP TABLE destination_status"))
-        conn.execute(text("UPDATE schema_info SET version = 1"))
+    migrate(ledger.url, "0001", down=True)  # back to schema 1, the first release's
+    with ledger.engine.begin() as conn:  # which had no Alembic revision
+        conn.execute(text("DROP TABLE alembic_version"))
 
     upgraded = Ledger(ledger.url)
     upgraded.create_schema()

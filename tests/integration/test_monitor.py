@@ -17,18 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
-from sqlalchemy import select
 
 from core.errors import ConfigError
 from core.jobs import InstanceRecord, JobRecord, JobState
-from core.ledger import Ledger
-from core.ledger.outbox import DeliveryState, ItemKind, NewItem, Outbox
-from core.ledger.schema import audit_table
-from core.presence import Presence
+from core.ledger import STAGES, DeliveryState, ItemKind, Ledger, NewItem, Outbox, Presence
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import Settings, validate_settings
 from monitor.passwords import hash_password
-from monitor.timeline import STAGES
 from monitor.web.server import MonitorServer
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
@@ -289,8 +284,7 @@ def test_a_read_only_user_cannot_act_and_the_refusal_is_audited(
     assert answer.status == 403
     assert "admin" in answer.json()["error"]
     assert rig.ledger.get_job(job.job_id).state == JobState.FAILED
-    with rig.ledger.engine.connect() as conn:
-        rows = conn.execute(select(audit_table)).all()
+    rows = rig.ledger.audit_entries()
     assert [(r.actor, r.action, r.job_id, r.outcome) for r in rows] == [
         ("prometheus", "retry", job.job_id, "denied")
     ]

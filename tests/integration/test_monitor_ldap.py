@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from core.errors import ConfigError
 from core.jobs import JobState
 from core.ledger import Ledger
-from core.ledger.schema import audit_table
 from core.queue import BrokerInspector, JobQueue, make_celery
 from core.settings import validate_settings
 from monitor.passwords import hash_password
@@ -126,8 +124,7 @@ def test_a_directory_user_in_the_admin_group_signs_in_and_retries_a_failed_job(
 
     assert done.status == 303
     assert rig.ledger.get_job(job_id).state == JobState.READY
-    with rig.ledger.engine.connect() as conn:
-        rows = conn.execute(select(audit_table)).all()
+    rows = reversed(rig.ledger.audit_entries())
     assert [(r.actor, r.action, r.outcome) for r in rows] == [
         ("dana", "login", "ok"),
         ("dana", "retry", "ok"),

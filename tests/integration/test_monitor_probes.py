@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
-from sqlalchemy import select
 
 from core.errors import ConfigError
 from core.jobs import JobState, SeriesState
-from core.ledger.schema import audit_table
 from core.settings import validate_settings
 from monitor.web.views import UNREADABLE
 from pacs_ai.cli import main
@@ -54,9 +52,7 @@ def raw(port: int, request: bytes, *, timeout: float = 5.0) -> bytes:
 
 
 def audit_rows(rig: Rig, action: str) -> list[tuple[str, str]]:
-    with rig.ledger.engine.connect() as conn:
-        rows = conn.execute(select(audit_table).where(audit_table.c.action == action)).all()
-    return [(r.actor, r.outcome) for r in rows]
+    return [(r.actor, r.outcome) for r in reversed(rig.ledger.audit_entries(action=action))]
 
 
 def test_a_negative_or_huge_content_length_before_sign_in_is_refused_without_reading_a_body(
@@ -206,10 +202,7 @@ def test_guessing_many_names_from_one_address_holds_that_address(
 
     assert unknown == [401] * 10
     assert valid_but_held == 429
-    with rig.ledger.engine.connect() as conn:
-        [row] = conn.execute(
-            select(audit_table).where(audit_table.c.action == "login-throttled")
-        ).all()
+    [row] = rig.ledger.audit_entries(action="login-throttled")
     assert '"held": "address"' in (row.detail or "")
     assert row.remote == "127.0.0.1"
 

@@ -26,11 +26,10 @@ from pydicom import dcmread
 from sqlalchemy import update
 
 from core.jobs import InstanceRecord, JobRecord, JobState
-from core.ledger import Ledger
-from core.ledger.outbox import Outbox
+from core.ledger import Ledger, Outbox, result_items
 from core.ledger.schema import jobs_table
 from core.settings import load_settings
-from node_services.delivery import DeliveryService, result_items
+from node_services.delivery import DeliveryService
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
 from tests.support.peers import LOCALHOST, Orthanc

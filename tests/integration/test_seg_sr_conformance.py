@@ -35,6 +35,7 @@ from inference.uids import result_uids
 from inference.volume import Volume, load_series
 from inference.writers import save_dataset
 from inference.writers.findings import SegmentFinding, segment_findings
+from inference.writers.identity import ResultIdentity
 from inference.writers.sc import WARNING
 from inference.writers.seg import build_seg
 from models.manifest import ModelManifest
@@ -485,9 +486,11 @@ def test_our_seg_of_dcmqis_label_map_equals_dcmqis_seg_frame_for_frame(
                 results.volume,
                 mask,
                 ONE_LABEL,
-                sop_instance_uid=uids.sop_instance_uid,
-                series_instance_uid=uids.series_instance_uid,
-                series_number=300,
+                identity=ResultIdentity(
+                    sop_instance_uid=uids.sop_instance_uid,
+                    series_instance_uid=uids.series_instance_uid,
+                    series_number=300,
+                ),
             ),
             tmp_path / "seg.dcm",
         )

@@ -119,6 +119,40 @@ def test_a_duplicate_message_for_a_finished_job_is_ignored(
     assert runtime.ledger.events(job.job_id) == events_before
 
 
+def running_on(runtime: WorkerRuntime, job: JobRecord, worker: str) -> JobRecord:
+    """``job`` as ``worker`` started it (the RUNNING transition a worker records)."""
+    return runtime.ledger.transition(
+        job.job_id, JobState.RUNNING, count_attempt=True, detail={"worker": worker}
+    )
+
+
+def test_a_duplicate_message_for_a_job_another_live_worker_runs_is_ignored(
+    runtime: WorkerRuntime, dicom_factory: DicomFactory
+) -> None:
+    # A broker failover mid-job: kombu hands the running job's message out again.
+    job = running_on(runtime, spool_series(runtime, dicom_factory.series(25)), "other:1")
+    runtime.ledger.worker_heartbeat("other:1", host="gpu-2", pid=1, device="cpu", models=[])
+    events_before = runtime.ledger.events(job.job_id)
+
+    outcome = JobExecutor(runtime).run(message(job), worker="test")
+
+    assert outcome.state is None
+    assert runtime.ledger.events(job.job_id) == events_before
+
+
+def test_a_message_for_a_job_whose_worker_went_silent_runs_it(
+    runtime: WorkerRuntime, dicom_factory: DicomFactory
+) -> None:
+    # No heartbeat from "gone:1": the reconciler would queue the job again; so does this.
+    files = dicom_factory.series(25, modality="MR")
+    job = running_on(runtime, spool_series(runtime, files), "gone:1")
+
+    outcome = JobExecutor(runtime).run(message(job), worker="test")
+
+    assert outcome.state is JobState.FAILED
+    assert runtime.ledger.get_job(job.job_id).worker == "test"
+
+
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return list(

@@ -10,6 +10,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
+from benchmarks._support.peers import process_tree
+
+__all__ = ["deflate_bomb", "peak_rss_mib", "process_tree"]
+
 _ZEROS = bytes(1024 * 1024)
 
 
@@ -42,19 +46,6 @@ def deflate_bomb(inflated_mib: int) -> tuple[Dataset, bytes]:
     parts.extend(compressor.compress(_ZEROS) for _ in range(inflated_mib))
     parts.append(compressor.flush())
     return ds, b"".join(parts)
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (Linux /proc), such as a node's receiving processes."""
-    try:
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
-    except OSError:
-        return []
-    return [pid, *(p for child in children for p in process_tree(child))]
 
 
 def peak_rss_mib(pid: int) -> float:

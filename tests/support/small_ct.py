@@ -19,6 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from core.output_profiles import EmptyFrames
 from inference.uids import result_uids
 from inference.volume import Volume, load_series
+from inference.writers.identity import ResultIdentity
 from inference.writers.seg import SegmentationType, build_seg
 from inference.writers.sr import build_sr
 from models.manifest import ModelManifest
@@ -160,11 +161,13 @@ def make_seg(
         volume,
         labels,
         model,
-        sop_instance_uid=uids.sop_instance_uid,
-        series_instance_uid=uids.series_instance_uid,
-        series_number=901,
-        backend="tensorrt",
-        precision="fp16",
+        identity=ResultIdentity(
+            sop_instance_uid=uids.sop_instance_uid,
+            series_instance_uid=uids.series_instance_uid,
+            series_number=901,
+            backend="tensorrt",
+            precision="fp16",
+        ),
         segmentation_type=segmentation_type,
         empty_frames=empty_frames,
         transfer_syntax_uid=transfer_syntax_uid,
@@ -183,11 +186,13 @@ def make_sr(
         volume,
         labels,
         model,
-        sop_instance_uid=uids.sop_instance_uid,
-        series_instance_uid=uids.series_instance_uid,
-        series_number=902,
-        backend="tensorrt",
-        precision="fp16",
+        identity=ResultIdentity(
+            sop_instance_uid=uids.sop_instance_uid,
+            series_instance_uid=uids.series_instance_uid,
+            series_number=902,
+            backend="tensorrt",
+            precision="fp16",
+        ),
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import pytest
+from tests.support.missing import skip_locally_fail_in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIST = REPO / ".cache" / "ohif" / "package" / "dist"
@@ -45,12 +45,11 @@ _HOP_BY_HOP = frozenset(
 def ohif_dist_or_skip() -> Path:
     """OHIF's built ``dist/``; skip the test locally, fail it in CI, when it is missing."""
     dist = Path(os.environ.get("PACS_AI_OHIF_DIST", DEFAULT_DIST))
-    if (dist / "index.html").is_file():
-        return dist
-    message = f"the OHIF viewer is not unpacked at {dist}: run scripts/setup (npm pack @ohif/app)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not (dist / "index.html").is_file():
+        skip_locally_fail_in_ci(
+            f"the OHIF viewer is not unpacked at {dist}: run scripts/setup (npm pack @ohif/app)"
+        )
+    return dist
 
 
 def app_config() -> str:

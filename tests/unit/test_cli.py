@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from inference.writers import pacs_ai_version
 from pacs_ai.cli import main
 from tests.conftest import DicomFactory
+from tests.support.readme import readme_configuration
 
-CONTRACT = """\
-data_dir: /var/lib/pacs-ai
-broker_url: redis://127.0.0.1:6379/0
-node: {ae_title: PACSAI, host: 0.0.0.0, port: 11112}
-completion: {series_quiet_seconds: 10}
-destinations:
-  pacs: {host: 127.0.0.1, port: 4242, ae_title: ORTHANC}
-routes:
-  - name: chest-ct
-    match: {Modality: CT}
-    models: [ct-lungs]
-    send_results_to: [pacs]
-"""
+# The README's smallest real configuration, read from README.md itself.
+CONTRACT = readme_configuration()
 
 
 @pytest.mark.parametrize(
@@ -43,6 +35,14 @@ def test_every_command_explains_itself_with_help(command: list[str]) -> None:
 
     assert result.exit_code == 0, result.output
     assert "Usage: " in result.output
+
+
+def test_version_is_the_installed_packages_and_the_one_results_carry() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output == f"pacs-ai, version {version('pacs-ai')}\n"
+    assert pacs_ai_version() == version("pacs-ai")
 
 
 def test_config_check_accepts_the_documented_configuration(tmp_path: Path) -> None:

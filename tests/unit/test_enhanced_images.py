@@ -19,6 +19,7 @@ from inference.frames import frame_geometries, frame_view
 from inference.volume import Volume, load_series
 from inference.writers import save_dataset
 from inference.writers.findings import segment_findings
+from inference.writers.identity import ResultIdentity
 from inference.writers.sc import build_sc_images
 from inference.writers.seg import SegmentationType
 from tests.support.dicom_checks import read_report, walk
@@ -282,15 +283,19 @@ def test_a_secondary_capture_names_the_frame_it_shows(enhanced: Path) -> None:
     volume = load_series([enhanced])
     labels = lungs(volume.shape)
     findings = segment_findings(volume, labels, TWO_LUNGS)
+    series_uid = str(hd.UID())
 
     images = build_sc_images(
         volume,
         labels,
         findings,
         TWO_LUNGS,
-        series_instance_uid=hd.UID(),
-        series_number=903,
-        sop_instance_uid=lambda index: str(hd.UID()),
+        identity=lambda index: ResultIdentity(
+            series_instance_uid=series_uid,
+            series_number=903,
+            sop_instance_uid=str(hd.UID()),
+            instance_number=index + 1,
+        ),
     )
 
     assert [index for index, _ in images] == [1, 2, 3]

@@ -19,13 +19,13 @@ from pydicom.uid import (
 )
 
 from core.errors import InvalidInputError
+from dicom_node.encoding import file_meta
 from dicom_node.header import (
     HEADER_INFLATE_LIMIT,
     check_uid,
     read_identity,
     read_stored_header,
 )
-from dicom_node.incoming import file_meta
 from tests.support.hostile import deflate_bomb
 
 

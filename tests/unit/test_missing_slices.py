@@ -17,6 +17,7 @@ from inference import codes
 from inference.volume import Volume, load_series
 from inference.writers import save_dataset
 from inference.writers.findings import segment_findings
+from inference.writers.identity import ResultIdentity
 from inference.writers.sc import build_sc_images
 from tests.support.dicom_checks import read_report, walk
 from tests.support.small_ct import (
@@ -222,15 +223,19 @@ def test_findings_count_interpolated_voxels_but_reference_only_source_slices(
 def test_secondary_captures_show_source_slices_only(gap_volume: Volume) -> None:
     labels = np.zeros(gap_volume.shape, dtype=np.uint8)
     findings = segment_findings(gap_volume, labels, TWO_LUNGS)
+    series_uid = str(hd.UID())
 
     images = build_sc_images(
         gap_volume,
         labels,
         findings,
         TWO_LUNGS,
-        series_instance_uid=hd.UID(),
-        series_number=903,
-        sop_instance_uid=lambda index: str(hd.UID()),
+        identity=lambda index: ResultIdentity(
+            series_instance_uid=series_uid,
+            series_number=903,
+            sop_instance_uid=str(hd.UID()),
+            instance_number=index + 1,
+        ),
     )
 
     # Nothing found: the middle slice (z 3) is interpolated, so its neighbour is shown.

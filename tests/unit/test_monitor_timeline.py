@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from core.jobs import JobEvent, JobState
+from core.ledger import Delivery, Finished, stage_times
 from monitor.charts import buckets, throughput_svg, turnaround_svg
 from monitor.formatting import redact, seconds, when
-from monitor.readings import Finished
-from monitor.timeline import Delivery, stage_times
 from monitor.web.common import ENVIRONMENT
 
 S = JobState

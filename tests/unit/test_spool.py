@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ImplicitVRLittleEndian
 
-from dicom_node.header import InstanceIdentity
-from dicom_node.spool import COMPLETE_XATTR, Spool, SpoolFullError
+from dicom_node.header import InstanceIdentity, read_file_identity
+from dicom_node.spool import (
+    COMPLETE_XATTR,
+    UNKNOWN_SENDER,
+    RecoveredInstance,
+    Spool,
+    SpoolFullError,
+)
 from tests.conftest import DicomFactory
 
 IDENTITY = InstanceIdentity(
@@ -141,3 +148,31 @@ def test_a_series_folder_removed_behind_the_spools_back_is_made_again(tmp_path: 
     again = spool.store(IDENTITY, [b"again"])
 
     assert again.path.read_bytes() == b"again"
+
+
+def test_a_recovered_instance_is_recorded_with_its_transfer_syntax_and_an_unknown_sender(
+    tmp_path: Path, dicom_factory: DicomFactory
+) -> None:
+    source = dicom_factory.image(transfer_syntax=ImplicitVRLittleEndian)
+    identity = read_file_identity(source)
+    stored = Spool(tmp_path / "spool").store(identity, [source.read_bytes()])
+    recovered = RecoveredInstance(stored.path, stored.size, identity)
+
+    record = recovered.record(received_at=1234.5, called_ae="PACSAI")
+
+    assert (record.sop_instance_uid, record.series_instance_uid, record.study_instance_uid) == (
+        identity.sop_instance_uid,
+        identity.series_instance_uid,
+        identity.study_instance_uid,
+    )
+    assert record.transfer_syntax_uid == ImplicitVRLittleEndian
+    assert (record.path, record.size, record.received_at) == (
+        str(stored.path),
+        source.stat().st_size,
+        1234.5,
+    )
+    assert (record.calling_ae, record.called_ae, record.peer) == (
+        UNKNOWN_SENDER,
+        "PACSAI",
+        UNKNOWN_SENDER,
+    )

@@ -1,8 +1,9 @@
 """Properties of the node's own wire parsers, with pydicom and pynetdicom as oracles.
 
-Whatever bytes a peer sends, the PDU reader, the command decoder and the data set scanner
-give an answer or their own error, never another exception, and never more memory than
-their bounds; on well-formed input they agree with pydicom and pynetdicom.
+Whatever bytes a peer sends, the PDU reader, the command decoder, the data set scanner and
+the file meta reader give an answer or their own error, never another exception, and
+never more memory than their bounds; on well-formed input they agree with pydicom and
+pynetdicom.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ from io import BytesIO
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
 from core.errors import InvalidInputError
+from dicom_node.encoding import IMPLEMENTATION_CLASS_UID, file_meta, parse_file_meta
 from dicom_node.scanner import DataSetScanner
 from dicom_node.ul import dimse
 from dicom_node.ul.dimse import CommandError
@@ -291,3 +295,86 @@ def test_the_scanner_refuses_a_data_set_past_its_limit_without_walking_further()
     assert scanner.over_limit
     with pytest.raises(InvalidInputError, match=r"larger than node\.max_instance_bytes"):
         scanner.identity()
+
+
+# -- the PS3.10 file meta ------------------------------------------------------------------
+
+ae_titles = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"),
+    max_size=16,
+)
+
+
+@PROPERTIES
+@given(sop_class=uids, sop_instance=uids, syntax=st.sampled_from(SYNTAXES), source_ae=ae_titles)
+def test_pydicom_reads_the_file_meta_we_write_for_any_uids_and_sender(
+    sop_class: str, sop_instance: str, syntax: str, source_ae: str
+) -> None:
+    encoded = file_meta(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax_uid=syntax,
+        source_ae=source_ae,
+    )
+
+    meta = dcmread(BytesIO(encoded)).file_meta
+
+    assert (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID) == (
+        sop_class,
+        sop_instance,
+    )
+    assert meta.TransferSyntaxUID == syntax
+    assert meta.get("SourceApplicationEntityTitle", "") == source_ae
+    assert parse_file_meta(encoded) == (
+        {
+            0x0002: sop_class,
+            0x0003: sop_instance,
+            0x0010: syntax,
+            0x0012: IMPLEMENTATION_CLASS_UID,
+        },
+        len(encoded),
+    )
+
+
+@PROPERTIES
+@given(data_sets(), st.sampled_from(SYNTAXES))
+def test_the_file_meta_pydicom_writes_gives_its_uids_and_where_the_data_set_starts(
+    ds: Dataset, syntax: str
+) -> None:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    encoded = buffer.getvalue()
+
+    uids, offset = parse_file_meta(encoded)
+
+    assert (uids[0x0002], uids[0x0003], uids[0x0010]) == (
+        ds.SOPClassUID,
+        ds.SOPInstanceUID,
+        syntax,
+    )
+    assert _inflated(encoded[offset:], syntax) == _inflated(_encode(ds, syntax), syntax)
+
+
+def _inflated(data: bytes, syntax: str) -> bytes:
+    # pydicom deflates with other settings than _encode: compare what they deflated.
+    return (
+        zlib.decompress(data, -zlib.MAX_WBITS) if syntax == DeflatedExplicitVRLittleEndian else data
+    )
+
+
+@PROPERTIES
+@given(st.binary(max_size=600), st.booleans())
+def test_any_bytes_as_a_file_head_give_file_meta_or_a_value_error(
+    data: bytes, with_prefix: bool
+) -> None:
+    head = b"\x00" * 128 + b"DICM" + data if with_prefix else data
+    try:
+        uids, offset = parse_file_meta(head)
+    except ValueError:
+        return
+    assert offset >= 132
+    assert all(isinstance(value, str) for value in uids.values())

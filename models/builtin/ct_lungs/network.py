@@ -66,6 +66,9 @@ CLOSING_MM = 6.0
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
 
+#: Working-grid slices drawn at full resolution at a time (:func:`_draw_full_resolution`).
+_SLAB = 8
+
 
 @dataclass(frozen=True)
 class _Grid:
@@ -412,10 +415,7 @@ class ClassicalLungSegmentation(nn.Module):
             region[box][(_dilate(filled) & ~others) | filled] = value
             interior[box][_erode(filled)] = value
 
-        full_air = image[0, 0] < AIR_HU
-        region_full = _upsample(region, factors=grid.factors, shape=shape)
-        interior_full = _upsample(interior, factors=grid.factors, shape=shape)
-        output[0, 0] = torch.where(full_air | (interior_full > 0), region_full, 0)
+        _draw_full_resolution(output[0, 0], image[0, 0], region, interior, grid.factors)
         return output
 
 
@@ -423,6 +423,29 @@ def _mean_x(mask: Tensor) -> float:
     x = torch.arange(mask.shape[2], device=mask.device, dtype=torch.float32)
     per_x = mask.sum(dim=(0, 1), dtype=torch.float32)
     return float((per_x * x).sum() / per_x.sum().clamp_min(1))
+
+
+def _draw_full_resolution(
+    out: Tensor, image: Tensor, region: Tensor, interior: Tensor, factors: tuple[int, int, int]
+) -> None:
+    """``out`` (``[Z, Y, X]``): a lung's value where the image is air within its region, or
+    anywhere in its interior; both given on the working grid.
+
+    Drawn a slab of working slices at a time: whole, the upsampled region and interior
+    and the masks between them were five temporary volumes, most of a worker's peak
+    memory on a CT (the network's output is the only full-size volume it keeps).
+    """
+    depth = out.shape[0]
+    for first in range(0, region.shape[0], _SLAB):
+        start = first * factors[0]
+        if start >= depth:
+            break
+        stop = min(depth, (first + _SLAB) * factors[0])
+        shape = torch.Size((stop - start, *out.shape[1:]))
+        region_full = _upsample(region[first : first + _SLAB], factors=factors, shape=shape)
+        interior_full = _upsample(interior[first : first + _SLAB], factors=factors, shape=shape)
+        air = image[start:stop] < AIR_HU
+        out[start:stop] = torch.where(air | (interior_full > 0), region_full, 0)
 
 
 def _upsample(labels: Tensor, *, factors: tuple[int, int, int], shape: torch.Size) -> Tensor:

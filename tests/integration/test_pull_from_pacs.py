@@ -1,0 +1,300 @@
+"""Pulling studies from a real Orthanc into the node: C-FIND then C-GET, C-MOVE to a
+running node, QIDO-RS then WADO-RS; and what the node's completion watcher does with a
+study while it is pulled and once it is."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.jobs import JobState, SeriesState
+from core.ledger import Ledger, RetrievalState, StudyPull
+from core.queue import JobQueue, make_celery
+from core.settings import Settings, validate_settings
+from dicom_node.assembly import CompletionWatcher
+from dicom_node.node import Node
+from dicom_node.recorder import IngestRecorder
+from dicom_node.routing import Router
+from node_services.retrieve.base import (
+    SeriesFilter,
+    SourceUnavailableError,
+    StudyQuery,
+    parse_series_filter,
+)
+from node_services.retrieve.retriever import Retriever
+from pacs_ai.phantom import PhantomSeries, write_chest_ct_series
+from tests.support.node import data_set_bytes
+from tests.support.peers import LOCALHOST, Orthanc, RedisServer, free_port, wait_for
+from tests.support.spooling import instance_record
+
+pytestmark = [pytest.mark.peers]
+
+SLICES = 20
+
+
+@dataclass
+class Rig:
+    """A PACS (Orthanc, DIMSE and DICOMweb) that knows the node's AE title, settings with
+    three ways to pull from it (``pacs``: C-GET, ``pacs-move``: C-MOVE, ``web``: QIDO-RS
+    and WADO-RS), and the ledger."""
+
+    tmp_path: Path
+    pacs: Orthanc
+    node_port: int
+    ledger: Ledger
+
+    def settings(self, **extra: Any) -> Settings:
+        return settings_for(self.tmp_path, self.pacs, self.node_port, **extra)
+
+    def store(self, seed: int) -> PhantomSeries:
+        """Store a small chest CT study (new UIDs per seed) in the PACS."""
+        study = write_chest_ct_series(
+            self.tmp_path / f"ct-{seed}", slices=SLICES, size=64, seed=seed
+        )
+        for path in study.paths:
+            self.pacs.upload(path.read_bytes())
+        return study
+
+
+def settings_for(tmp_path: Path, pacs: Orthanc, node_port: int, **extra: Any) -> Settings:
+    return validate_settings(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "node": {
+                "ae_title": "PACSAI",
+                "host": LOCALHOST,
+                "port": node_port,
+                "min_free_disk_mb": 0,
+                "receiver_processes": 0,
+            },
+            "destinations": {
+                "pacs": {
+                    "host": LOCALHOST,
+                    "port": pacs.dicom_port,
+                    "ae_title": pacs.aet,
+                    "query_retrieve": {},
+                },
+                "pacs-move": {
+                    "host": LOCALHOST,
+                    "port": pacs.dicom_port,
+                    "ae_title": pacs.aet,
+                    "query_retrieve": {"retrieve": "move"},
+                },
+                "web": {
+                    "type": "dicomweb",
+                    "url": f"{pacs.url}/dicom-web",
+                    "query_retrieve": {},
+                },
+            },
+            "monitor": {"enabled": False},
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def rig(tmp_path: Path, dicomweb_orthanc: Orthanc) -> Iterator[Rig]:
+    node_port = free_port()
+    dicomweb_orthanc.add_modality("pacsai", "PACSAI", LOCALHOST, node_port)
+    ledger = Ledger(settings_for(tmp_path, dicomweb_orthanc, node_port).resolved_ledger_url)
+    ledger.create_schema()
+    yield Rig(tmp_path, dicomweb_orthanc, node_port, ledger)
+    ledger.close()
+
+
+def pull(
+    settings: Settings,
+    ledger: Ledger,
+    source: str,
+    study_uid: str,
+    *,
+    series_filter: SeriesFilter | None = None,
+) -> RetrievalState:
+    retriever = Retriever(settings, ledger)
+    found = retriever.find(source, StudyQuery(study_uid=study_uid))
+    assert [s.study_uid for s in found] == [study_uid]
+    record = retriever.create(
+        kind="run",
+        source=source,
+        studies=found,
+        series_filter=series_filter or SeriesFilter(),
+        models=["ct-lungs"],
+        destinations=["pacs"],
+        shadow=False,
+        actor="test",
+    )
+    return retriever.run(record.retrieval_id).state
+
+
+@pytest.mark.parametrize("source", ["pacs", "web"])
+def test_a_pulled_study_is_filed_byte_for_byte_and_recorded_as_retrieved(
+    rig: Rig, source: str
+) -> None:
+    settings, ledger = rig.settings(), rig.ledger
+    study = rig.store(1)
+
+    assert pull(settings, ledger, source, study.study_instance_uid) == RetrievalState.DONE
+
+    [retrieval] = ledger.retrievals()
+    [pulled] = ledger.retrieval_studies(retrieval.retrieval_id)
+    assert (pulled.state, pulled.series_count, pulled.instance_count) == (
+        StudyPull.RETRIEVED,
+        1,
+        SLICES,
+    )
+    series = ledger.get_series(study.series_instance_uid)
+    assert series.origin == "retrieved"
+    assert series.instance_count == SLICES
+    assert series.state == SeriesState.RECEIVING, "the node's watcher completes it, not us"
+    originals = {path.name: data_set_bytes(path) for path in study.paths}
+    filed = sorted(
+        data_set_bytes(Path(i.path)) for i in ledger.series_instances(series.series_instance_uid)
+    )
+    assert filed == sorted(originals.values()), "kept as the PACS sent it, never transcoded"
+    for instance in ledger.series_instances(series.series_instance_uid):
+        assert Path(instance.path).parent == settings.spool_dir / study.study_instance_uid / (
+            study.series_instance_uid
+        )
+
+
+def test_series_the_filter_refuses_are_not_pulled_and_the_study_says_why(rig: Rig) -> None:
+    settings, ledger = rig.settings(), rig.ledger
+    study = rig.store(2)
+
+    state = pull(
+        settings,
+        ledger,
+        "pacs",
+        study.study_instance_uid,
+        series_filter=parse_series_filter(["Modality=MR"]),
+    )
+
+    assert state == RetrievalState.DONE
+    [pulled] = ledger.retrieval_studies(ledger.retrievals()[0].retrieval_id)
+    assert pulled.state == StudyPull.EMPTY
+    assert pulled.reason == "none of its 1 series passed the series filter"
+    assert ledger.count_instances() == 0
+
+
+def test_a_pacs_that_does_not_know_our_ae_title_is_told_apart_from_one_away(
+    tmp_path: Path, make_orthanc: Callable[..., Orthanc]
+) -> None:
+    stranger = make_orthanc()
+    settings = settings_for(tmp_path, stranger, free_port())
+    retriever = Retriever(settings, Ledger(settings.resolved_ledger_url))
+
+    with pytest.raises(SourceUnavailableError, match="does it allow our AE title PACSAI"):
+        retriever.find("pacs", StudyQuery(study_date="20240101"))
+
+
+def test_a_study_moved_to_the_running_node_gets_the_runs_models_at_once(
+    rig: Rig, redis_server: RedisServer
+) -> None:
+    # A quiet period far longer than the test: only the pulled state completes the series.
+    settings = rig.settings(
+        broker_url=redis_server.url,
+        completion={"series_quiet_seconds": 600, "check_interval_seconds": 0.1},
+    )
+    study = rig.store(3)
+    with Node(settings) as node:
+        ledger = node.ledger
+        assert pull(settings, ledger, "pacs-move", study.study_instance_uid) == RetrievalState.DONE
+
+        wait_for(
+            lambda: bool(ledger.jobs(series_uid=study.series_instance_uid)),
+            30,
+            "the pulled series' job",
+        )
+        [job] = ledger.jobs(series_uid=study.series_instance_uid)
+        assert (job.route, job.model_id, job.destinations, job.priority, job.shadow) == (
+            "run",
+            "ct-lungs",
+            ("pacs",),
+            5,
+            False,
+        )
+        assert job.state in (JobState.READY, JobState.QUEUED)
+        series = ledger.get_series(study.series_instance_uid)
+        assert (series.origin, series.calling_ae, series.instance_count) == (
+            "retrieved",
+            rig.pacs.aet,
+            SLICES,
+        )
+        wait_for(
+            lambda: (
+                ledger.retrieval_studies(ledger.retrievals()[0].retrieval_id)[0].state
+                == StudyPull.ROUTED
+            ),
+            30,
+            "the pulled study routed",
+        )
+
+
+def test_the_watcher_holds_a_study_being_pulled_and_routes_it_once_pulled(
+    rig: Rig, redis_server: RedisServer
+) -> None:
+    settings = rig.settings(broker_url=redis_server.url, completion={"series_quiet_seconds": 10})
+    ledger = rig.ledger
+    recorder = IngestRecorder(ledger)
+    recorder.start()
+    celery = make_celery(settings)
+    now = [time.time()]
+    watcher = CompletionWatcher(
+        settings.completion,
+        ledger=ledger,
+        recorder=recorder,
+        router=Router(settings.routes),
+        queue=JobQueue(celery),
+        clock=lambda: now[0],
+    )
+    try:
+        study = write_chest_ct_series(rig.tmp_path / "ct", slices=SLICES, size=64, seed=4)
+        retrieval = ledger.create_retrieval(
+            kind="backfill",
+            source="pacs",
+            models=["ct-lungs"],
+            destinations=["pacs"],
+            shadow=True,
+            query={},
+            actor="test",
+        )
+        ledger.add_retrieval_studies(retrieval.retrieval_id, [study.study_instance_uid])
+        ledger.set_retrieval_study(
+            retrieval.retrieval_id, study.study_instance_uid, StudyPull.RETRIEVING
+        )
+        ledger.record_instances(
+            [instance_record(p, received_at=now[0]) for p in study.paths[:10]], origin="retrieved"
+        )
+
+        now[0] += 3600
+        watcher.run_once()
+        assert ledger.get_series(study.series_instance_uid).state == SeriesState.RECEIVING
+        assert ledger.jobs(series_uid=study.series_instance_uid) == []
+
+        ledger.record_instances(
+            [instance_record(p, received_at=now[0]) for p in study.paths[10:]], origin="retrieved"
+        )
+        ledger.set_retrieval_study(
+            retrieval.retrieval_id, study.study_instance_uid, StudyPull.RETRIEVED
+        )
+        watcher.run_once()
+
+        [job] = ledger.jobs(series_uid=study.series_instance_uid)
+        assert (job.route, job.priority, job.shadow, job.state) == (
+            "backfill",
+            9,
+            True,
+            JobState.QUEUED,
+        )
+        assert ledger.get_series(study.series_instance_uid).state == SeriesState.ROUTED
+        [pulled] = ledger.retrieval_studies(retrieval.retrieval_id)
+        assert pulled.state == StudyPull.ROUTED
+        assert ledger.retrieval_claim(study.study_instance_uid) is None
+    finally:
+        recorder.stop()
+        celery.close()
