@@ -34,7 +34,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._support.lidc import lidc_files  # noqa: E402
 from benchmarks._support.peers import (  # noqa: E402
     DICOMWEB_PLUGIN,
     LOCALHOST,
@@ -67,7 +67,6 @@ from dicom_node.scu import send_files  # noqa: E402
 from workers.dicomweb import DicomWebClient  # noqa: E402
 from workers.fetch import SeriesFetcher  # noqa: E402
 
-SHARED_CT = "ct-lidc-idri-0314/series.tar.xz"
 TOKEN = "benchmark-worker-token-0123456789"  # noqa: S105 -- a throw-away local token
 OUR_AE = "PACSAI"
 
@@ -100,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("needs Orthanc and its DICOMweb plugin: apt-get install orthanc-dicomweb")
     with tempfile.TemporaryDirectory(prefix="pacs-ai-bench-remote-") as temp:
         work = Path(temp)
-        files, description = _data(args.data, work)
+        files, description = lidc_files(args.data, work)
         total = sum(path.stat().st_size for path in files)
         orthanc = Orthanc(
             work / "orthanc",
@@ -124,24 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             orthanc.stop(graceful=False)
     return 0
-
-
-def _data(given: Path | None, work: Path) -> tuple[list[Path], str]:
-    if given is not None:
-        files = sorted(p for p in given.rglob("*") if p.is_file())
-        return files, f"{len(files)} files from {given}"
-    archive = (
-        Path(os.environ.get("PACS_AI_SHARED_DATA", REPO.parent / "shared" / "data")) / SHARED_CT
-    )
-    if not archive.exists():
-        raise SystemExit(f"the LIDC CT is not at {archive}: give --data FOLDER")
-    target = work / "data"
-    target.mkdir()
-    if subprocess.run(["tar", "xJf", str(archive), "-C", str(target)], check=False).returncode:
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    files = sorted(target.rglob("*.dcm"))
-    return files, f"LIDC-IDRI-0314 chest CT, {len(files)} slices 512x512"
 
 
 def _store_in_orthanc(orthanc: Orthanc, files: list[Path]) -> None:

@@ -29,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._support.lidc import lidc_files  # noqa: E402
 from benchmarks._support.peers import (  # noqa: E402
     DICOMWEB_PLUGIN,
     LOCALHOST,
@@ -52,7 +52,6 @@ from core.settings import Settings, validate_settings  # noqa: E402
 from node_services.retrieve.retriever import SpoolSink  # noqa: E402
 from node_services.retrieve.sources import make_source  # noqa: E402
 
-SHARED_CT = "ct-lidc-idri-0314/series.tar.xz"
 PDU = 131_072
 OUR_AE = "PACSAI"
 #: The node's port, for C-MOVE (Orthanc must know where to send).
@@ -88,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("needs DCMTK (getscu, storescu) and Orthanc: apt-get install dcmtk orthanc")
     with tempfile.TemporaryDirectory(prefix="pacs-ai-bench-retrieve-") as temp:
         work = Path(temp)
-        files, description = _data(args.data, work)
+        files, description = lidc_files(args.data, work)
         total = sum(path.stat().st_size for path in files)
         study_uid, series_uid = _uids(files[0])
         orthanc = Orthanc(
@@ -129,24 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             orthanc.stop(graceful=False)
         _table(rows, len(files), total)
     return 0
-
-
-def _data(given: Path | None, work: Path) -> tuple[list[Path], str]:
-    if given is not None:
-        files = sorted(p for p in given.rglob("*") if p.is_file())
-        return files, f"{len(files)} files from {given}"
-    archive = (
-        Path(os.environ.get("PACS_AI_SHARED_DATA", REPO.parent / "shared" / "data")) / SHARED_CT
-    )
-    if not archive.exists():
-        raise SystemExit(f"the LIDC CT is not at {archive}: give --data FOLDER")
-    target = work / "data"
-    target.mkdir()
-    if subprocess.run(["tar", "xJf", str(archive), "-C", str(target)], check=False).returncode:
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    files = sorted(target.rglob("*.dcm"))
-    return files, f"LIDC-IDRI-0314 chest CT, {len(files)} slices 512x512"
 
 
 def _uids(path: Path) -> tuple[str, str]:
