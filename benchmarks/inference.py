@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,10 @@ from inference.results import write_results  # noqa: E402
 from inference.volume import load_series  # noqa: E402
 from models.registry import BUILTIN_DIR, EXAMPLES_DIR, ModelPackage, load_package  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("PACS_AI_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: Where the LIDC archive is absent (a GPU machine the 60 MB archive cannot travel to), the
+#: CT cases read the chest phantom at the LIDC series' size instead; rows say so.
+SYNTHETIC_CT = " (phantom 512x512x275)"
 STAGES = ("decode", "preprocess", "network", "stitch", "postprocess", "write")
 
 
@@ -81,7 +85,19 @@ class Row:
         return sum(self.timings.get(s, 0.0) for s in STAGES)
 
 
+def lidc_available() -> bool:
+    return (SHARED / "ct-lidc-idri-0314" / "series.tar.xz").is_file()
+
+
 def lidc_series(work: Path) -> list[Path]:
+    """The LIDC-IDRI CT, or where its archive is absent the chest phantom at its size."""
+    if not lidc_available():
+        from pacs_ai.phantom import write_chest_ct_series  # noqa: PLC0415
+
+        folder = work / "phantom-ct"
+        if not folder.is_dir():
+            write_chest_ct_series(folder, slices=275, size=512)
+        return sorted(folder.glob("*.dcm"))
     target = work / "lidc"
     if not target.is_dir():
         target.mkdir()
@@ -206,7 +222,9 @@ def run_case(
         timings = {"decode": decode, **prediction.timings, "write": time.perf_counter() - started}
         row = Row(
             label,
-            f"{prediction.backend}/{prediction.precision}",
+            # "@cpu": the CPU provider stood in for a GPU one (CPU-only onnxruntime).
+            f"{prediction.backend}/{prediction.precision}"
+            + ("@cpu" if prediction.device == "cpu" != device else ""),
             prediction.windows,
             timings,
             open_seconds=open_seconds,
@@ -230,7 +248,7 @@ def cases(
     # GPU-only rows (skipped with the reason elsewhere): ONNX Runtime's CUDA provider,
     # TensorRT in both precisions.
     ort_cuda = {"name": "onnxruntime", "execution_providers": ["cuda"]}
-    gpu = [
+    gpu: list[dict[str, Any]] = [
         ort_cuda,
         {"name": "tensorrt", "precision": "fp32"},
         {"name": "tensorrt", "precision": "fp16"},
@@ -239,14 +257,16 @@ def cases(
         tuple[str, Callable[[], tuple[ModelPackage, list[Path]]], list[dict[str, Any]]]
     ] = []
     ct_lungs = load_package(BUILTIN_DIR / "ct_lungs")
-    for name, make, backends in [
+    ct_source = "" if lidc_available() else SYNTHETIC_CT
+    table: list[tuple[str, Callable[[], tuple[ModelPackage, list[Path]]], list[dict[str, Any]]]]
+    table = [
         (
-            "ct-lungs",
+            "ct-lungs" + ct_source,
             lambda: (ct_lungs, lidc_series(work)),
             [{"name": "torch"}, {"name": "torch", "compile": True}],
         ),
         (
-            "unet",
+            "unet" + ct_source,
             lambda: (unet_package(work, [{"name": "torch"}], quick=quick), lidc_series(work)),
             [
                 {"name": "torch"},
@@ -272,8 +292,9 @@ def cases(
             ),
             [{"name": "onnxruntime"}, *gpu],
         ),
-    ]:
-        if only is None or name in only:
+    ]
+    for name, make, backends in table:
+        if only is None or name.split(" ")[0] in only:
             listed.append((name, make, backends))
     return listed
 
@@ -316,17 +337,24 @@ def main() -> None:
                 else:
                     rows.append(result)
                     print_row(result, header=len(rows) == 1, device=args.device)
+                if args.json:
+                    # After every case: a run stopped at its time limit keeps what it did.
+                    _write_json(args.json, rows, skipped)
     for line in skipped:
         print(line)
     if args.json:
-        args.json.write_text(
-            json.dumps({"rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2)
-        )
+        _write_json(args.json, rows, skipped)
+
+
+def _write_json(path: Path, rows: list[Row], skipped: list[str]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"rows": [asdict(r) for r in rows], "skipped": skipped}))
+    partial.replace(path)
 
 
 def _describe(backend: dict[str, Any]) -> str:
     """``torch+compile``, ``torch fp16`` (AMP), ``onnxruntime cuda``, ``tensorrt fp16``."""
-    text = backend["name"] + ("+compile" if backend.get("compile") else "")
+    text = str(backend["name"]) + ("+compile" if backend.get("compile") else "")
     if backend.get("execution_providers"):
         text += " " + "+".join(backend["execution_providers"])
     if backend.get("precision", "fp32") != "fp32":

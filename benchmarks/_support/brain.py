@@ -11,6 +11,7 @@ and scalp at fixed distances from its surface; the true brain mask is then known
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,15 @@ class Head:
 
 
 def template_path() -> Path:
-    """The MNI template file inside the installed nilearn.
+    """The MNI template file inside the installed nilearn, or ``$PACS_AI_MNI_TEMPLATE``
+    (``benchmarks/gpu-check`` carries the file alone to a machine without nilearn).
 
     Raises:
         MissingMaterialError: nilearn is not installed (the tests skip locally, fail in CI).
     """
+    given = os.environ.get("PACS_AI_MNI_TEMPLATE")
+    if given:
+        return Path(given)
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise MissingMaterialError(

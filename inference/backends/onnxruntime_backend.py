@@ -56,7 +56,6 @@ class OnnxRuntimeBackend:
             )
         if precision not in ("fp32", "fp16"):
             raise BackendUnavailableError(f"onnxruntime: {precision} is not offered")
-        self.device = options.device
         self.precision = precision
         self._package = package
         on_gpu = options.device.startswith("cuda")
@@ -65,7 +64,18 @@ class OnnxRuntimeBackend:
         available = set(ort.get_available_providers())
         chosen = [name for name in wanted if _PROVIDERS[name] in available]
         gpu_providers = [name for name in chosen if name != "cpu"]
-        if on_gpu and not gpu_providers:
+        if on_gpu and not gpu_providers and "cpu" in chosen:
+            # The CPU-only onnxruntime on a GPU worker (`pacs-ai[onnx]` installs it): the
+            # manifest allows the CPU, so the model runs there rather than not at all, and
+            # its results say so (device cpu). Seen on an H200 with onnxruntime 1.30.
+            logger.warning(
+                "model %s: this onnxruntime has no GPU execution provider (%s); it runs on "
+                "the CPU of this GPU worker: pip install onnxruntime-gpu",
+                package.id,
+                ", ".join(sorted(available)),
+            )
+            on_gpu = False
+        elif on_gpu and not gpu_providers:
             raise BackendUnavailableError(
                 f"onnxruntime: none of the execution providers {wanted} with a GPU is "
                 f"available (this onnxruntime has {sorted(available)}); install onnxruntime-gpu"
@@ -76,6 +86,7 @@ class OnnxRuntimeBackend:
             )
         if not on_gpu:
             chosen = ["cpu"]
+        self.device = options.device if on_gpu else "cpu"
         self.providers = tuple(chosen)
         provider_list: list[tuple[str, dict[str, Any]]] = []
         for name in chosen:
@@ -148,7 +159,8 @@ class OnnxRuntimeBackend:
                 for name in self._inputs
             }
             (output,) = self._session.run([network.output_name], feeds)
-            return torch.from_numpy(output)
+            # Back where the windows came from (the GPU, when the CPU provider stands in).
+            return torch.from_numpy(output).to(inputs[network.input_name].device)
         binding = self._session.io_binding()
         kept = []
         for name in self._inputs:

@@ -85,3 +85,40 @@ def test_a_failed_install_is_reported_and_the_tests_and_benchmark_still_run(
     assert row.split()[-6:] == ["20.0", "800.0", "41.00", "hit", "0.60", "s"]
     calls = (tmp_path / "calls").read_text()
     assert "benchmarks/inference.py --device cuda:0" in calls
+
+
+def test_offline_it_installs_the_carried_wheels_and_reports_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    nvidia_smi = tmp_path / "nvidia-smi"
+    nvidia_smi.write_text(FAKE_NVIDIA_SMI)
+    python = tmp_path / "python"
+    # A CPU-only onnxruntime: the GPU providers are missing, and offline nothing is fetched.
+    python.write_text(
+        (FAKE_PYTHON % json.dumps({"rows": [ROW], "skipped": []})).replace(
+            '"CUDAExecutionProvider CPUExecutionProvider"', '"CPUExecutionProvider"'
+        )
+    )
+    for tool in (nvidia_smi, python):
+        tool.chmod(0o755)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "pydicom-3.0.2-py3-none-any.whl").write_bytes(b"")
+
+    done = subprocess.run(
+        [str(SCRIPT), "--offline", "--wheels", str(wheels)],
+        env={**os.environ, "PACS_AI_NVIDIA_SMI": str(nvidia_smi), "PACS_AI_PYTHON": str(python)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    status = {line.split("  ")[0].strip(): line for line in done.stdout.splitlines()[2:9]}
+    assert "1 wheel(s)" in status["install wheels from wheels/"]
+    assert "MISSING" in status["install onnxruntime-gpu"]
+    assert "MISSING" in status["install tensorrt"]
+    calls = (tmp_path / "calls").read_text()
+    assert "--no-index" in calls and "--target" in calls
+    assert "install --upgrade onnxruntime-gpu" not in calls and "tensorrt>=10" not in calls
