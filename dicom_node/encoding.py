@@ -24,6 +24,8 @@ from pathlib import Path
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import ALL_TRANSFER_SYNTAXES
 
+from core.vr import LONG_VRS
+
 # -- transfer syntaxes (PS3.5 Annex A) -------------------------------------------------------
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -90,14 +92,7 @@ def encoding_of(transfer_syntax: str) -> Encoding:
 # -- value representations (PS3.5 7.1.2) ----------------------------------------------------
 
 
-def _vrs(names: str) -> frozenset[bytes]:
-    return frozenset(name.encode("ascii") for name in names.split())
-
-
-#: VRs with two reserved bytes and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
-LONG_VRS = _vrs("OB OD OF OL OV OW SQ SV UC UN UR UT UV")
-#: VRs with a 2-byte length in explicit VR (PS3.5 Table 7.1-2).
-SHORT_VRS = _vrs("AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US")
+# LONG_VRS and SHORT_VRS live in core.vr, shared with the writers' strict re-read.
 
 # -- values (PS3.5 6.2) ---------------------------------------------------------------------
 

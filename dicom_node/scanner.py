@@ -21,9 +21,8 @@ import zlib
 from dataclasses import dataclass
 
 from core.errors import InvalidInputError
+from core.vr import LONG_VRS, SHORT_VRS
 from dicom_node.encoding import (
-    LONG_VRS,
-    SHORT_VRS,
     UnknownTransferSyntaxError,
     decode_text,
     encoding_of,

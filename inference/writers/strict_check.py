@@ -30,6 +30,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from core.errors import InvalidInputError
+from core.vr import LONG_VRS
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-#: VRs with a 4-byte length after two reserved bytes (PS3.5 7.1.2, Table 7.1-1).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 #: VRs whose values are converted every time, never from the values seen: UN may become
 #: the tag's dictionary VR.
 _CONVERT_ALWAYS = frozenset({"UN"})
@@ -95,7 +94,7 @@ def _file_meta(encoded: bytes) -> tuple[int | None, UID | None]:
         if group != 0x0002:
             return offset, syntax
         vr = encoded[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             (length,) = struct.unpack_from("<I", encoded, offset + 8)
             start = offset + 12
         else:
@@ -122,7 +121,7 @@ class _Walk:
             if tag == _ITEM_END:
                 return offset + 8
             vr = data[offset + 4 : offset + 6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 (length,) = struct.unpack_from("<I", data, offset + 8)
                 start = offset + 12
             else:

@@ -24,6 +24,7 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 from pynetdicom.dsutils import split_dataset
 
+from core.vr import LONG_VRS, SHORT_VRS
 from dicom_node.encoding import (
     DEFLATED,
     IMPLEMENTATION_CLASS_UID,
@@ -31,8 +32,6 @@ from dicom_node.encoding import (
     JPIP_HTJ2K_REFERENCED_DEFLATE,
     JPIP_REFERENCED_DEFLATE,
     KNOWN_TRANSFER_SYNTAXES,
-    LONG_VRS,
-    SHORT_VRS,
     UnknownTransferSyntaxError,
     decode_text,
     encoding_of,

@@ -218,3 +218,15 @@ def test_a_result_folder_that_cannot_be_written_fails_the_write_after_every_obje
         write_results(volume, prediction, TWO_LUNGS, out_dir=blocked)
 
     assert threading.active_count() == threads  # the writing thread is gone too
+
+
+@pytest.mark.parametrize("vr", ["SV", "UV"])
+def test_a_64_bit_integer_element_is_stepped_over_and_what_follows_is_checked(vr: str) -> None:
+    dataset = Dataset()
+    dataset.add_new(0x00090010, "LO", "PACS AI TEST")
+    dataset.add_new(0x00091001, vr, 2**40)
+    with config.disable_value_validation():
+        dataset[0x00100020] = DataElement(0x00100020, "LO", "x" * 65)
+
+    with pytest.raises(InvalidInputError, match=r"PatientID \(0010,0020\)"):
+        check_strictly(encoded(dataset))
