@@ -10,7 +10,8 @@ module) and the records of those libraries' loggers therefore pass through one r
 
 * at the record's own level (for a warning: WARNING the first time one code location
   warns in this process, INFO after that), one line saying where it came from and what
-  kind it is (the warning category or the exception type), never its text;
+  kind it is (the warning category or the exception type), never its text; a library's
+  own INFO records (highdicom writes several for every SEG) go to DEBUG only;
 * the text itself at DEBUG only, for whoever turns DEBUG on to investigate.
 
 Our own log calls follow the rule directly: UIDs, never names (see :mod:`core.logs`).
@@ -67,6 +68,12 @@ class ValueFreeRelay(logging.Handler):
         root = logging.getLogger()
         if record.levelno <= logging.DEBUG:
             root.handle(record)
+            return
+        if record.levelno < logging.WARNING and record.name != WARNINGS_LOGGER:
+            # A library's INFO (highdicom writes several for every SEG) is progress
+            # chatter: a value-free summary of it would say nothing, so it goes to DEBUG.
+            if root.isEnabledFor(logging.DEBUG):
+                root.handle(self._derived(record, logging.DEBUG, "%s", (record.getMessage(),)))
             return
         if record.name == WARNINGS_LOGGER:
             level, summary, args = self._warning(record)

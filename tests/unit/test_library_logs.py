@@ -160,3 +160,9 @@ def test_installing_twice_relays_each_record_once(logged: Logged) -> None:
 
     assert [r.name for r in logged.records] == ["highdicom", WARNINGS_LOGGER]
     assert NAME not in logged.text
+
+
+def test_a_librarys_info_record_is_not_logged_at_info(logged: Logged) -> None:
+    logging.getLogger("highdicom.seg").info("frame %d of %s", 3, "Doe^Jane")
+
+    assert logged.records == []
