@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # The DICOM node (`pacs-ai serve`): receives studies, routes them and queues jobs.
 # No ML framework is installed: the listener never imports torch, TensorRT or onnxruntime.
 # Build from the repository root: docker build -f docker/node.Dockerfile .
-FROM python:3.11-slim
+# No "# syntax=" line: BuildKit would fetch a frontend image for it, which an air-gapped
+# host cannot. BASE_IMAGE: a mirrored or locally built Debian-based Python 3.11 image
+# with python and pip on PATH (docker compose build --build-arg BASE_IMAGE=...).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

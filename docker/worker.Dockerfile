@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # A GPU worker (`pacs-ai worker`): one container per GPU, models kept warm.
 # Build from the repository root: docker build -f docker/worker.Dockerfile .
 # Needs the NVIDIA Container Toolkit on the host to see the GPU.
-FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04
+# No "# syntax=" line: BuildKit would fetch a frontend image for it (air-gapped hosts).
+# BASE_IMAGE: a mirrored CUDA runtime image; any Ubuntu 22.04 or Debian 12 image with
+# python3.11 in its apt sources builds too (a CPU-only worker: docker/smoke-test --help).
+ARG BASE_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu22.04
+FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -37,7 +40,11 @@ COPY workers ./workers
 COPY node_services ./node_services
 COPY monitor ./monitor
 COPY pacs_ai ./pacs_ai
-RUN pip install ".[tensorrt,onnx,codecs,postgres]" && pacs-ai --help > /dev/null
+# Extra "torch" adds scipy (postprocessing and the contour writer import it); torch
+# itself is already installed above. A CPU-only worker leaves out tensorrt:
+# --build-arg PACS_AI_EXTRAS=torch,onnx,codecs,postgres
+ARG PACS_AI_EXTRAS=torch,tensorrt,onnx,codecs,postgres
+RUN pip install ".[${PACS_AI_EXTRAS}]" && pacs-ai --help > /dev/null
 
 COPY docker/config.yaml /etc/pacs-ai/config.yaml
 
