@@ -38,6 +38,12 @@ a { color: #1a5fb4; }
 .bar-done { fill: #48a56e; } .bar-failed { fill: #d9534f; }
 .median { fill: #2b6cb0; } .p90 { fill: #9ec1e8; }
 .median-line { fill: none; stroke: #2b6cb0; stroke-width: 1.5; }
+.box { fill: #cfe0f3; stroke: #2b6cb0; stroke-width: 1; }
+.box-median { stroke: #1a365d; stroke-width: 2; } .whisker { stroke: #2b6cb0; stroke-width: 1; }
+.share-0 { fill: #2b6cb0; background: #2b6cb0; } .share-1 { fill: #d69e2e; background: #d69e2e; }
+.share-2 { fill: #48a56e; background: #48a56e; } .share-3 { fill: #d9534f; background: #d9534f; }
+.share-4 { fill: #6b46c1; background: #6b46c1; } .share-5 { fill: #718096; background: #718096; }
+.share-key { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; }
 table { border-collapse: collapse; background: var(--card); border: 1px solid var(--line);
   width: 100%; }
 th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left;

@@ -25,6 +25,7 @@ from core.ledger import (
     AuditEntry,
     CounterKey,
     DestinationActivity,
+    DriftReading,
     Finished,
     JobDetail,
     JobView,
@@ -246,6 +247,11 @@ class Readings:
     def finished_since(self, since: float) -> list[Finished]:
         """Runs that ended DONE or FAILED since ``since``, with their turnaround."""
         return self.ledger.finished_since(since)
+
+    def model_drift(self, *, weeks: int) -> DriftReading:
+        """Each model's results week by week, the last ``weeks`` ISO weeks
+        (:mod:`core.ledger.drift`)."""
+        return self.ledger.model_drift(now=self.now(), weeks=weeks)
 
     # -- counters, audit, disk -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ import click
 
 from core.errors import ConfigError, PacsAiError
 from core.settings import Settings, load_settings
+from pacs_ai.compare.command import compare
 from pacs_ai.database import db, require_current_ledger
 from pacs_ai.operations import resend, routes
 from pacs_ai.pull import backfill, run
@@ -429,6 +430,7 @@ def _stop_on_signals() -> threading.Event:
 main.add_command(routes)
 main.add_command(run)
 main.add_command(backfill)
+main.add_command(compare)
 main.add_command(resend)
 main.add_command(release)
 main.add_command(discard)

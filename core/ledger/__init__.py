@@ -12,8 +12,10 @@ from core.ledger.activity import (
     Finished,
     WorkerView,
 )
+from core.ledger.agreement import Agreement
 from core.ledger.audit import AuditLedger
 from core.ledger.counters import CounterKey, add_to_counters, counter_key
+from core.ledger.drift import Distribution, Drift, DriftReading, ModelDrift, WeekDrift
 from core.ledger.jobs import JobLedger
 from core.ledger.outbox import (
     DeliveryState,
@@ -72,6 +74,8 @@ class Ledger(
     AuditLedger,
     ReadModels,
     Activity,
+    Drift,
+    Agreement,
 ):
     """Typed access to the ledger database. Safe to share between threads.
 
@@ -97,13 +101,16 @@ __all__ = [
     "DestinationActivity",
     "DestinationProblem",
     "Discard",
+    "Distribution",
     "DoneRun",
+    "DriftReading",
     "Finished",
     "InvalidTransitionError",
     "ItemKind",
     "JobDetail",
     "JobView",
     "Ledger",
+    "ModelDrift",
     "NewItem",
     "NodeRecord",
     "Outbox",
@@ -121,6 +128,7 @@ __all__ = [
     "StudyPull",
     "UnknownJobError",
     "UnknownRetrievalError",
+    "WeekDrift",
     "WorkerRecord",
     "WorkerStatus",
     "WorkerView",
