@@ -4,7 +4,10 @@ pydicom tries the plugins it finds in its own order, which is not the fastest on
 JPEG-LS it used libjpeg (pylibjpeg-libjpeg) when CharLS (pyjpegls, which highdicom
 installs) decodes the same 512 x 512 CT slice three times faster (22 ms against 7 ms
 on 2 CPU cores; 3.8 s against 13.9 s for the 275-slice LIDC CT, where SimpleITK's GDCM
-took 5.2 s). Both decode losslessly to the same values; the choice is speed only.
+took 5.2 s). For JPEG 2000 it used Pillow; pylibjpeg-openjpeg, the same OpenJPEG, reads
+the 275-slice LIDC CT in JPEG 2000 Lossless a little faster (8.2-8.6 s against 8.5-9.0 s
+of CPU, 2 cores; neither gains from threads, both hold the GIL most of the time). Both
+decode losslessly to the same values; the choice is speed only.
 """
 
 from __future__ import annotations
@@ -12,12 +15,20 @@ from __future__ import annotations
 from functools import cache
 
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
 
 #: Per transfer syntax, the plugins to prefer, fastest first.
 _PREFERRED = {
     JPEGLSLossless: ("pyjpegls",),
     JPEGLSNearLossless: ("pyjpegls",),
+    JPEG2000Lossless: ("pylibjpeg",),
+    JPEG2000: ("pylibjpeg",),
 }
 
 

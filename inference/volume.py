@@ -70,8 +70,11 @@ Speed and memory: reading is sequential. On the 275-slice LIDC CT (512x512, unco
 2 CPU cores) it takes about as long as SimpleITK's ImageSeriesReader (0.6-0.9 s on a quiet
 machine): parsing, converting the header values up front (a value an earlier slice of the
 series had is not converted again: most of them) and decoding; a thread pool of 4 was
-measured slower (parsing holds the GIL). Compressed series are decoded by the fastest
-installed plugin (:mod:`inference.decoders`); ``benchmarks/pipeline.py`` compares them.
+measured slower (parsing holds the GIL). Uncompressed single-frame slices bypass
+pydicom's decoding: their values are read from the file into one reused buffer and
+rescaled into the volume in one pass (:mod:`inference.native_pixels`, the same values);
+compressed series are decoded by the fastest installed plugin
+(:mod:`inference.decoders`); ``benchmarks/pipeline.py`` compares them with SimpleITK.
 Pixel data is read lazily (deferred) and decoded straight into the preallocated float32
 volume, so peak memory is the volume plus one slice (plus the stored pixel data of an
 enhanced multi-frame image, which is read whole and decoded frame by frame).
@@ -104,6 +107,13 @@ from pydicom.tag import BaseTag, Tag
 from core.errors import InvalidInputError
 from inference.decoders import decoding_plugin
 from inference.frames import frame_geometries, has_functional_groups, is_multiframe
+from inference.native_pixels import (
+    NativeLayout,
+    native_layout,
+    pixel_buffer,
+    read_native,
+    rescale_into,
+)
 
 if TYPE_CHECKING:
     from inference.projection import Projection
@@ -683,9 +693,71 @@ def _load_deferred_pixels(piece: _Slice) -> None:
     ds[_PIXEL_DATA] = stored._replace(value=data)
 
 
-def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
+def _rescale_of(piece: _Slice) -> tuple[float, float]:
+    """(slope, intercept) of a slice: a frame's Pixel Value Transformation
+    (PS3.3 C.7.6.16.2.9), else Rescale Slope/Intercept (C.11.1.1.2)."""
+    if piece.rescale is not None:
+        slope, intercept = piece.rescale
+    else:
+        ds = piece.header
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise InvalidInputError(
+            f"{piece.path.name}: Rescale Slope/Intercept ({slope}, {intercept}) not finite",
+            stage=STAGE,
+        )
+    return slope, intercept
+
+
+def _wrong_shape(
+    piece: _Slice, shape: tuple[int, ...], expected: tuple[int, ...]
+) -> InvalidInputError:
+    return InvalidInputError(
+        f"{piece.path.name}: decoded pixel data has shape {shape}, expected {expected}",
+        stage=STAGE,
+    )
+
+
+def _read_native_into(
+    out: npt.NDArray[np.float32],
+    piece: _Slice,
+    layout: NativeLayout,
+    buffers: dict[tuple[str, int, int], npt.NDArray[np.integer]],
+) -> None:
+    """An uncompressed slice straight from its file (:mod:`inference.native_pixels`)."""
+    if (layout.rows, layout.columns) != out.shape:
+        raise _wrong_shape(piece, (layout.rows, layout.columns), out.shape)
+    key = (layout.dtype.str, layout.rows, layout.columns)
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = pixel_buffer(layout)
+    try:
+        stored = read_native(piece.path, layout, buffer)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"{piece.path.name} (SOP instance {piece.sop_instance_uid}): pixel data "
+            f"is corrupt or truncated ({exc})",
+            stage=STAGE,
+        ) from exc
+    slope, intercept = _rescale_of(piece)
+    rescale_into(out, stored, slope=slope, intercept=intercept)
+
+
+def _decode_into(
+    out: npt.NDArray[np.float32],
+    piece: _Slice,
+    buffers: dict[tuple[str, int, int], npt.NDArray[np.integer]],
+) -> None:
+    """Decode one slice into ``out`` in modality units; ``buffers``, kept for the series,
+    holds the scratch arrays of uncompressed slices."""
     ds = piece.header
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    if piece.frame_number is None:
+        layout = native_layout(ds, transfer_syntax)
+        if layout is not None:
+            _read_native_into(out, piece, layout, buffers)
+            return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -719,29 +791,12 @@ def _decode_into(out: npt.NDArray[np.float32], piece: _Slice) -> None:
             ) from exc
     _log_reading_warnings(caught, piece.sop_instance_uid, "decoding pixel data")
     if stored.shape != out.shape:
-        raise InvalidInputError(
-            f"{piece.path.name}: decoded pixel data has shape {stored.shape}, expected {out.shape}",
-            stage=STAGE,
-        )
+        raise _wrong_shape(piece, stored.shape, out.shape)
     if piece.rescale is None and "ModalityLUTSequence" in ds:
         out[...] = apply_modality_lut(stored, ds)
         return
-    out[...] = stored
-    if piece.rescale is not None:
-        # A frame's Pixel Value Transformation (PS3.3 C.7.6.16.2.9).
-        slope, intercept = piece.rescale
-    else:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if not (np.isfinite(slope) and np.isfinite(intercept)):
-        raise InvalidInputError(
-            f"{piece.path.name}: Rescale Slope/Intercept ({slope}, {intercept}) not finite",
-            stage=STAGE,
-        )
-    if slope != 1.0:
-        out *= np.float32(slope)
-    if intercept != 0.0:
-        out += np.float32(intercept)
+    slope, intercept = _rescale_of(piece)
+    rescale_into(out, stored, slope=slope, intercept=intercept)
 
 
 def load_series(
@@ -871,8 +926,9 @@ def _read_pixels(
     sources: list[SliceSource | None] = [None] * depth
     headers: dict[int, int] = {}  # id(header) -> its index in Volume.source_headers
     left = Counter(id(s.header) for s in slices)
+    buffers: dict[tuple[str, int, int], npt.NDArray[np.integer]] = {}
     for piece, z in zip(slices, z_of, strict=True):
-        _decode_into(voxels[z], piece)
+        _decode_into(voxels[z], piece, buffers)
         index = headers.setdefault(id(piece.header), len(headers))
         sources[int(z)] = SliceSource(index, piece.frame_number)
         left[id(piece.header)] -= 1
