@@ -5,6 +5,8 @@ WADO-RS answers and STOW-RS requests carry DICOM instances as the parts of one
 written as its header and then its bytes (never assembled in memory), and
 :class:`MultipartReader` is fed the body in whatever pieces the network delivers and
 hands back each part's bytes as they come, holding at most one piece plus a delimiter.
+:func:`whole_parts` reads a stream into whole parts, one at a time, each bounded, for a
+reader that needs a part entire (a pulled instance, checked before it is filed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Largest header block of one part; ours are a few hundred bytes.
 MAX_PART_HEADER = 16 * 1024
@@ -21,8 +24,16 @@ _BOUNDARY_RE = re.compile(r'boundary=(?:"([^"]+)"|([^";,\s]+))', re.IGNORECASE)
 _TYPE_RE = re.compile(r'type="?([^";,\s]+)"?', re.IGNORECASE)
 
 
+#: Bytes read from a stream at a time by :func:`whole_parts`.
+READ_SIZE = 1024 * 1024
+
+
 class MultipartError(ValueError):
     """The body is not well-formed multipart/related (a boundary or a header is wrong)."""
+
+
+class PartTooLargeError(MultipartError):
+    """A part is larger than the reader allows."""
 
 
 def new_boundary() -> str:
@@ -200,6 +211,15 @@ class MultipartReader:
         return True
 
 
+def parse_part_headers(block: bytes) -> dict[str, str]:
+    """A part's header lines (without the blank line that ends them), names lowercased.
+
+    Raises:
+        MultipartError: a line is not ``name: value``.
+    """
+    return _parse_headers(block)
+
+
 def _parse_headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
     for line in block.decode("latin-1").split("\r\n"):
@@ -210,3 +230,41 @@ def _parse_headers(block: bytes) -> dict[str, str]:
             raise MultipartError(f"malformed part header line {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
     return headers
+
+
+class Readable(Protocol):
+    """What :func:`whole_parts` reads from: an HTTP response, a file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def whole_parts(
+    stream: Readable, boundary: str, *, max_part: int, read_size: int = READ_SIZE
+) -> Iterator[bytes]:
+    """The bodies of the parts of a multipart ``stream``, each whole, one at a time, read
+    as they arrive: at most one part (of at most ``max_part`` bytes) and one piece read
+    are held.
+
+    Raises:
+        PartTooLargeError: a part is larger than ``max_part`` bytes.
+        MultipartError: the stream is not well-formed multipart (cut off, say).
+    """
+    reader = MultipartReader(boundary)
+    part: bytearray | None = None
+    while not reader.finished:
+        chunk = stream.read(read_size)
+        if not chunk:
+            reader.close()
+            return
+        for event in reader.feed(chunk):
+            if isinstance(event, PartStart):
+                part = bytearray()
+            elif isinstance(event, PartData):
+                assert part is not None  # a PartStart comes first
+                part += event.data
+                if len(part) > max_part:
+                    raise PartTooLargeError(f"a part is larger than {max_part} bytes")
+            else:
+                assert part is not None
+                yield bytes(part)
+                part = None

@@ -17,6 +17,14 @@ half-received series afterwards. Time the node was down does not count as quiet 
 series or study left receiving gets a full quiet period from the node's start, so a
 sender that resumes after the outage is not cut off by a completion at start-up.
 
+Several nodes sharing the ledger: a series is completed by one node holding some of it
+(its claim in the ledger); a study by the one node whose conditional update of the study
+row succeeds. That node applies the study routes to the series it holds and leaves those
+only other nodes hold WAITING_STUDY, for a node holding each to read its header and
+apply them (each series once, again by a conditional update). ``complete_when`` sees the
+series the deciding node holds; a study split across nodes otherwise completes by its
+quiet period.
+
 On completion each matching route (``routing.mode``: all, or the first) opens one job
 per model (READY, then QUEUED on the broker) and puts the received instances in the
 outbox of its ``forward_originals_to`` destinations. A model whose manifest's ``accepts``
@@ -176,6 +184,7 @@ class CompletionWatcher:
         for study in self._ledger.studies(state=StudyState.RECEIVING):
             with log_context(study_uid=study.study_instance_uid):
                 self._check_study(study, now)
+        self._route_waiting_series()
         return self._queue_ready()
 
     # -- series ----------------------------------------------------------------------------
@@ -362,22 +371,71 @@ class CompletionWatcher:
             if quiet
             else ("study conditions met" if early else "study forced complete")
         )
+        # Of nodes sharing the ledger, the one whose update succeeds decides the study.
+        if not self._ledger.set_study_state(
+            study.study_instance_uid,
+            StudyState.ROUTED,
+            why,
+            completed_at=now,
+            expected=StudyState.RECEIVING,
+        ):
+            return
         logger.info("study complete (%s): %d series", why, len(series))
         for item in series:
-            header = headers.get(item.series_instance_uid)
-            if header is None or item.state not in (SeriesState.WAITING_STUDY, SeriesState.ROUTED):
+            if item.state not in (SeriesState.WAITING_STUDY, SeriesState.ROUTED):
                 continue
-            arrival = Arrival(item.calling_ae, item.called_ae, item.peer)
-            study_routes = [
-                r for r in self._router.matching(header, arrival) if r.trigger == "study"
-            ]
-            for route in study_routes:
-                self._apply(route, item, reason=why)
-            if study_routes:
-                self._ledger.set_series_state(item.series_instance_uid, SeriesState.ROUTED)
-        self._ledger.set_study_state(
-            study.study_instance_uid, StudyState.ROUTED, why, completed_at=now
-        )
+            header = headers.get(item.series_instance_uid)
+            if header is not None:
+                self._route_for_study(item, header, why)
+            elif self._held_elsewhere(item):
+                # Held by other nodes only: the node holding it reads its header and
+                # applies the study's routes (``_route_waiting_series``).
+                self._ledger.set_series_state(
+                    item.series_instance_uid,
+                    SeriesState.WAITING_STUDY,
+                    f"{why}: its study routes are applied by the node holding it",
+                )
+
+    def _held_elsewhere(self, series: SeriesRecord) -> bool:
+        """Whether only other nodes hold instances of ``series`` (a header this node
+        cannot read, not one it failed to read)."""
+        if self._node is None:
+            return False
+        instances = self._ledger.series_instances(series.series_instance_uid)
+        return bool(instances) and all(i.node not in (None, self._node) for i in instances)
+
+    def _route_for_study(self, series: SeriesRecord, header: Dataset, why: str) -> None:
+        """Apply the study-trigger routes that match ``series`` (its study complete)."""
+        if series.state == SeriesState.WAITING_STUDY and not self._ledger.set_series_state(
+            series.series_instance_uid,
+            SeriesState.ROUTED,
+            why,
+            expected=SeriesState.WAITING_STUDY,
+        ):
+            return  # another node holding some of it routes it
+        arrival = Arrival(series.calling_ae, series.called_ae, series.peer)
+        study_routes = [r for r in self._router.matching(header, arrival) if r.trigger == "study"]
+        for route in study_routes:
+            self._apply(route, series, reason=why)
+
+    def _route_waiting_series(self) -> None:
+        """Series whose study another node decided (ROUTED) while they wait for its routes:
+        this node applies them to those it holds, each once across the nodes."""
+        if self._node is None:
+            return
+        waiting = self._ledger.list_series(states=[SeriesState.WAITING_STUDY], limit=1000)
+        decided: dict[str, bool] = {}
+        for series in waiting:
+            study_uid = series.study_instance_uid
+            if study_uid not in decided:
+                study = self._ledger.get_study(study_uid)
+                decided[study_uid] = study.state == StudyState.ROUTED
+            if not decided[study_uid] or not self._local_instances(series):
+                continue
+            header = self._header(series)
+            if header is not None:
+                with log_context(series_uid=series.series_instance_uid):
+                    self._route_for_study(series, header, series.reason or "study complete")
 
     def _conditions_met(
         self, series: list[SeriesRecord], headers: dict[str, Dataset | None]

@@ -71,8 +71,17 @@ class ActionResult:
 
 
 class JobActions:
-    def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        node: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``node``: the node on whose machine this runs (``node.name``); result files on
+        another node's disk are checked by that node when it delivers them."""
         self.ledger = ledger
+        self.node = node
         self._clock = clock
 
     def perform(
@@ -200,7 +209,7 @@ class JobActions:
         }
         items = [
             item
-            for item in _kept_items(job, what="kept")
+            for item in _kept_items(job, what="kept", here=self.node)
             if (item.destination, item.sop_instance_uid) not in sent
         ]
         if not items:
@@ -225,7 +234,7 @@ class JobActions:
                 f"only a result held for review (NEEDS_REVIEW) can be released; the job is "
                 f"{job.state}"
             )
-        items = _kept_items(job, what="held")
+        items = _kept_items(job, what="held", here=self.node)
         detail = {"by": principal.name}
         try:
             # The transition first, checked in its transaction: a release cannot race a
@@ -272,14 +281,17 @@ class JobActions:
         return "discarded"
 
 
-def _kept_items(job: JobRecord, *, what: str) -> list[NewItem]:
+def _kept_items(job: JobRecord, *, what: str, here: str | None) -> list[NewItem]:
     """The outbox items of the results a job wrote and kept (held for review, or a
-    shadow job's), for each of its destinations.
+    shadow job's), for each of its destinations, each delivered by the node whose disk
+    holds its file (``result["node"]``; none recorded: any node).
 
     Raises:
-        ActionRefusedError: some of the files are gone (retention, by hand).
+        ActionRefusedError: some of the files are gone (retention, by hand); checked on
+            this machine (``here``) unless another node holds them.
     """
     deliveries: dict[str, list[list[str]]] = job.result.get("deliveries", {})
+    node: str | None = job.result.get("node")
     items = [
         NewItem(
             destination=name,
@@ -290,11 +302,13 @@ def _kept_items(job: JobRecord, *, what: str) -> list[NewItem]:
             sop_instance_uid=uid,
             sop_class_uid=sop_class,
             path=path,
+            node=node,
         )
         for name in job.destinations
         for _kind, uid, sop_class, path in deliveries.get(name, [])
     ]
-    gone = [item.path for item in items if not Path(item.path).is_file()]
+    elsewhere = node is not None and node != here
+    gone = [] if elsewhere else [item.path for item in items if not Path(item.path).is_file()]
     if gone:
         raise ActionRefusedError(
             f"{len(gone)} {what} result file(s) are gone (first: {gone[0]}); retry the job "

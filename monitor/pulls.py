@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from core.errors import PacsAiError
 from core.ledger import Ledger, RetrievalProgress, RetrievalRecord
+from core.ledger.retrievals import LEASE_SECONDS
 from core.settings import Settings
 from monitor.actions import JobActions
 from monitor.auth import Principal
@@ -71,7 +72,9 @@ class Pulls:
         return [n for n, d in self.settings.destinations.items() if d.query_retrieve is not None]
 
     def recent(self, limit: int = 10) -> list[PullView]:
-        """The most recently changed retrievals, with their progress."""
+        """The most recently changed retrievals, with their progress; those whose
+        process is gone are first ended as interrupted (never shown RUNNING)."""
+        self.ledger.interrupt_stale_retrievals(stale_after=LEASE_SECONDS)
         return [
             PullView(record, self.ledger.retrieval_progress(record.retrieval_id))
             for record in self.ledger.retrievals(limit=limit)

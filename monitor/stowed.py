@@ -10,8 +10,8 @@ worker retried, or the job ran again on another worker) replaces the same file a
 same outbox entries, keyed by SOP Instance UID: nothing is duplicated.
 
 Objects uploaded without a destination are held for review (the job is NEEDS_REVIEW):
-the job's result record is pointed at the node's copies, which an operator's release
-then sends.
+the job's result record is pointed at the node's copies (``result["node"]``: this node),
+which an operator's release then sends from here.
 """
 
 from __future__ import annotations
@@ -153,7 +153,9 @@ class ResultStore:
             )
         else:
             self.ledger.set_result_paths(
-                job.job_id, {o.sop_instance_uid: str(o.path) for o in objects}
+                job.job_id,
+                {o.sop_instance_uid: str(o.path) for o in objects},
+                node=self.settings.node.name,
             )
         logger.info(
             "%d result object(s) of job %s received over STOW-RS%s",

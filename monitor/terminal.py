@@ -17,6 +17,7 @@ from monitor import api
 from monitor.charts import Bucket
 from monitor.formatting import seconds
 from monitor.health import node_check, readiness
+from monitor.pulls import Pulls, PullView
 from monitor.readings import Readings
 from monitor.set_aside import set_aside, set_aside_json
 
@@ -41,6 +42,8 @@ def status_data(settings: Settings, *, limit: int, states: list[str] | None) -> 
         for (state, _model), count in readings.job_counts().items():
             counts[state] = counts.get(state, 0) + count
         jobs = readings.jobs(limit=limit, states=states)
+        # Retrievals whose process died are ended here as interrupted, never shown RUNNING.
+        pulls = Pulls(settings, ledger).recent(limit=5)
         return {
             "generated_at": now,
             "node": settings.node.ae_title,
@@ -60,10 +63,26 @@ def status_data(settings: Settings, *, limit: int, states: list[str] | None) -> 
             "destinations": api.destinations_json(readings.destinations(), identifiers=True),
             "jobs": [_job(job) for job in jobs],
             "set_aside": set_aside_json(set_aside(readings, limit=limit), identifiers=True),
+            "pulls": [_pull(view) for view in pulls],
         }
     finally:
         app.close()
         ledger.close()
+
+
+def _pull(view: PullView) -> dict[str, Any]:
+    record, progress = view.retrieval, view.progress
+    return {
+        "retrieval_id": record.retrieval_id,
+        "kind": record.kind,
+        "source": record.source,
+        "state": record.state.value,
+        "reason": record.reason,
+        "studies": progress.total,
+        "pulled": progress.retrieved,
+        "processed": progress.processed,
+        "updated_at": record.updated_at,
+    }
 
 
 def _job(job: JobView) -> dict[str, Any]:
@@ -122,6 +141,16 @@ def render_text(data: dict[str, Any]) -> str:
     if not data["jobs"]:
         lines.append("(no jobs yet)")
     lines.extend(_set_aside_lines(data["set_aside"]))
+    if data["pulls"]:
+        lines.append("")
+        lines.append("pulls from a PACS (the most recent)")
+    for pull in data["pulls"]:
+        reason = f"  {pull['reason']}" if pull["reason"] else ""
+        lines.append(
+            f"  {pull['retrieval_id'][:8]} {pull['kind']:9} {pull['state']:8} from "
+            f"{pull['source']}: {pull['pulled']}/{pull['studies']} pulled, "
+            f"{pull['processed']} processed{reason}"
+        )
     return "\n".join(lines)
 
 

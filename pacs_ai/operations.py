@@ -160,7 +160,7 @@ def resend(config: Path | None, job_id: str) -> None:
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
         full_id = resolve_job(ledger, job_id, config=config)
-        actions = JobActions(ledger)
+        actions = JobActions(ledger, node=settings.node.name)
         if ledger.get_job(full_id).state == JobState.DELIVERING:
             message = _deliver_now(ledger, actions, full_id, operator)
         else:

@@ -33,7 +33,11 @@ def _perform(config: Path | None, action: str, job_id: str, *, reason: str = "")
     operator = Principal(name=f"cli:{getpass.getuser()}", role="admin", via="cli")
     try:
         full_id = resolve_job(ledger, job_id, config=config)
-        done = JobActions(ledger).perform(action, full_id, operator, reason=reason).message
+        done = (
+            JobActions(ledger, node=settings.node.name)
+            .perform(action, full_id, operator, reason=reason)
+            .message
+        )
     except (UnknownJobError, ActionRefusedError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

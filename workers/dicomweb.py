@@ -2,7 +2,10 @@
 files, both streamed (PS3.18 10.4, 10.5).
 
 A retrieval writes each part of the ``multipart/related`` answer to its own file as it
-arrives; an upload sends each file a piece at a time. Neither holds more than one piece
+arrives: a part with a ``Content-Length`` (the node gives each one) is read from the
+socket straight into its file, without searching its bytes for the boundary; from the
+first part without one, the rest of the answer is parsed by scanning for the boundary.
+An upload sends each file a piece at a time. Neither holds more than one piece
 (:data:`CHUNK`) in memory, whatever the series' size. Errors are sorted for the job's
 three outcomes: a server that cannot be reached, answers 5xx or refuses the token is
 :class:`ServerUnavailableError` (the job waits for it); anything else it answers wrongly
@@ -26,7 +29,9 @@ from typing import Any, BinaryIO
 
 from core.errors import TransientError
 from core.multipart import (
+    MAX_PART_HEADER,
     Event,
+    MultipartError,
     MultipartReader,
     PartData,
     PartEnd,
@@ -35,6 +40,7 @@ from core.multipart import (
     closing,
     content_type,
     new_boundary,
+    parse_part_headers,
     part_head,
 )
 
@@ -43,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: Bytes read from the network (or a file) at a time.
 CHUNK = 1024 * 1024
 #: Pieces read but not yet written (each at most CHUNK): the memory a retrieval holds.
-WRITE_QUEUE = 16
+WRITE_QUEUE = 8
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
@@ -133,8 +139,8 @@ class DicomWebClient:
             )
             if response.status != 200:
                 raise DicomWebError(f"{self.url}/{relative}: HTTP {response.status}")
-            reader = MultipartReader(boundary_of(response.getheader("content-type", "")))
-            received = self._read_parts(response, reader, folder, on_part)
+            boundary = boundary_of(response.getheader("content-type", ""))
+            received = self._read_parts(response, boundary, folder, on_part)
         except ValueError as exc:  # MultipartError included
             raise DicomWebError(f"{self.url}/{relative}: malformed answer: {exc}") from exc
         finally:
@@ -144,24 +150,110 @@ class DicomWebClient:
     def _read_parts(
         self,
         response: http.client.HTTPResponse,
-        reader: MultipartReader,
+        boundary: str,
         folder: Path,
         on_part: Callable[[ReceivedPart], None] | None,
     ) -> list[ReceivedPart]:
-        # The network is read here and the files written by a thread of their own, so
-        # that creating and writing files overlaps waiting for the next bytes; at most
-        # WRITE_QUEUE pieces wait between the two.
+        """The parts of the answer, each in its file (PS3.18 8.6.1.2; RFC 2046 5.1.1).
+
+        The network is read here and the files written by a thread of their own, so that
+        writing overlaps waiting for the next bytes; at most WRITE_QUEUE pieces wait
+        between the two.
+        """
         files = _FileWriter(folder, on_part)
         files.start()
         try:
-            while chunk := self._read(response):
-                for event in reader.feed(chunk):
-                    files.put(event)
+            self._read_into_files(response, boundary, files)
         finally:
             received = files.finish()
+        return received
+
+    def _read_into_files(
+        self, response: http.client.HTTPResponse, boundary: str, files: _FileWriter
+    ) -> None:
+        delimiter = b"--" + boundary.encode("latin-1")
+        line = self._line(response)
+        while line.rstrip() != delimiter:  # the preamble
+            if line.rstrip() == delimiter + b"--":
+                return  # no parts
+            line = self._line(response)
+        while True:
+            block = self._head(response)
+            headers = parse_part_headers(block[:-4]) if block != b"\r\n" else {}
+            size = _content_length(headers)
+            if size is None:
+                # A server that does not say how long its parts are: scan for the boundary.
+                start = b"\r\n" + delimiter + b"\r\n" + block
+                self._scan_parts(response, MultipartReader(boundary), start, files)
+                return
+            files.put(PartStart(headers))
+            left = size
+            while left:
+                buffer = files.free_buffer()
+                got = self._read_into(response, memoryview(buffer)[: min(left, len(buffer))])
+                files.put(_Piece(buffer, got))
+                left -= got
+            files.put(PartEnd())
+            if self._line(response) != b"\r\n":
+                raise MultipartError("a part is longer than its Content-Length")
+            line = self._line(response).rstrip()
+            if line == delimiter + b"--":
+                return
+            if line != delimiter:
+                raise MultipartError("a part is not followed by the boundary")
+
+    def _line(self, response: http.client.HTTPResponse) -> bytes:
+        """The next line of the answer (a boundary, a part header).
+
+        Raises:
+            ServerUnavailableError: the answer ended (cut off).
+        """
+        try:
+            line = response.readline(MAX_PART_HEADER)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerUnavailableError(
+                f"{self.url}: the answer was cut off ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not line:
+            raise ServerUnavailableError(f"{self.url}: the answer was cut off")
+        return line
+
+    def _head(self, response: http.client.HTTPResponse) -> bytes:
+        """A part's header lines and the blank line after them."""
+        block = bytearray()
+        while not block.endswith(b"\r\n\r\n") and block != b"\r\n":
+            block += self._line(response)
+            if len(block) > MAX_PART_HEADER:
+                raise MultipartError(f"a part's headers exceed {MAX_PART_HEADER} bytes")
+        return bytes(block)
+
+    def _read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> int:
+        """Raises:
+        ServerUnavailableError: the answer ended (cut off)."""
+        try:
+            got = response.readinto(buffer)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerUnavailableError(
+                f"{self.url}: the answer was cut off ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not got:
+            raise ServerUnavailableError(f"{self.url}: the answer was cut off")
+        return got
+
+    def _scan_parts(
+        self,
+        response: http.client.HTTPResponse,
+        reader: MultipartReader,
+        start: bytes,
+        files: _FileWriter,
+    ) -> None:
+        chunk = start
+        while chunk:
+            for event in reader.feed(chunk):
+                files.put(event)
+            chunk = self._read(response)
         if not reader.finished:
             raise ServerUnavailableError(f"{self.url}: the answer was cut off")
-        return received
 
     def _read(self, response: http.client.HTTPResponse) -> bytes:
         try:
@@ -245,22 +337,46 @@ class DicomWebClient:
         return response
 
 
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """The first ``size`` bytes of ``buffer``, one of :class:`_FileWriter`'s, for the part
+    being written; the buffer goes back to the reader once written."""
+
+    buffer: bytearray
+    size: int
+
+
 class _FileWriter(threading.Thread):
     """Writes the parts of a retrieval to files, from a thread of its own (see
-    :meth:`DicomWebClient._read_parts`); an error it meets is raised by :meth:`put` or
-    :meth:`finish` in the reading thread."""
+    :meth:`DicomWebClient._read_parts`); an error it meets is raised by :meth:`put`,
+    :meth:`free_buffer` or :meth:`finish` in the reading thread."""
 
     def __init__(self, folder: Path, on_part: Callable[[ReceivedPart], None] | None) -> None:
         super().__init__(name="dicomweb-files", daemon=True)
         self._folder = folder
         self._on_part = on_part
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._queue: queue.Queue[Event | _Piece | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        # The reader's buffers not being filled or written: WRITE_QUEUE of CHUNK bytes.
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._buffers = 0
         self._error: BaseException | None = None
         self.received: list[ReceivedPart] = []
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Event | _Piece) -> None:
         self._raise()
         self._queue.put(event)
+
+    def free_buffer(self) -> bytearray:
+        """A buffer to read the next piece into (waits while all are being written)."""
+        if self._buffers < WRITE_QUEUE and self._free.empty():
+            self._buffers += 1
+            return bytearray(CHUNK)
+        while True:
+            self._raise()
+            try:
+                return self._free.get(timeout=1.0)
+            except queue.Empty:
+                continue
 
     def finish(self) -> list[ReceivedPart]:
         """Wait for everything queued to be written; raise what went wrong, if anything."""
@@ -277,7 +393,11 @@ class _FileWriter(threading.Thread):
         writer: _PartWriter | None = None
         try:
             while (event := self._queue.get()) is not None:
-                if isinstance(event, PartStart):
+                if isinstance(event, _Piece):
+                    if writer is not None:
+                        writer.write(memoryview(event.buffer)[: event.size])
+                    self._free.put(event.buffer)
+                elif isinstance(event, PartStart):
                     writer = _PartWriter(self._folder, event.headers)
                 elif isinstance(event, PartData) and writer is not None:
                     writer.write(event.data)
@@ -289,8 +409,9 @@ class _FileWriter(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 -- handed to the reading thread
             self._error = exc
             # Take what the reader still puts until it sees the error (or ends).
-            while self._queue.get() is not None:
-                pass
+            while (left := self._queue.get()) is not None:
+                if isinstance(left, _Piece):
+                    self._free.put(left.buffer)
         finally:
             if writer is not None:
                 writer.discard()
@@ -305,7 +426,7 @@ class _PartWriter:
         self._stream: BinaryIO = self.path.open("wb")
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._stream.write(data)
         self.size += len(data)
 
@@ -316,6 +437,11 @@ class _PartWriter:
     def discard(self) -> None:
         self._stream.close()
         self.path.unlink(missing_ok=True)
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _upload_body(heads: Sequence[bytes], files: Sequence[Path], end: bytes) -> Iterator[bytes]:

@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError, TransientError
 from core.jobs import JobRecord, JobState
-from core.ledger import Outbox, result_items
+from core.ledger import Ledger, Outbox, result_items
+from core.ledger.jobs import moved_result
 from core.logs import log_context
 from core.messages import RunJobMessage
 from core.output_profiles import DEFAULT_PROFILE, OutputProfile
@@ -89,10 +90,15 @@ def _result_record(
     *,
     instances: int,
     version: str,
+    node: str | None,
 ) -> dict[str, Any]:
     """The job's ``result`` in the ledger (JSON): what the dashboard, the delivery service
     and the CLI read. Of several films, ``seg_sop_instance_uid``, ``sr_sop_instance_uid``
-    and ``measurements_ml`` are the first film's; ``images`` has each film's."""
+    and ``measurements_ml`` are the first film's; ``images`` has each film's.
+
+    ``files`` and the paths in ``deliveries`` are on the disk of ``node`` (``node``: the
+    node that releases or re-sends them; None: any node). A remote worker's results are
+    pointed at the node's copies once it holds them (:func:`moved_result`)."""
     first = written[0]
     prediction = runs[0].prediction
     result: dict[str, Any] = {
@@ -111,6 +117,7 @@ def _result_record(
             ]
             for name in first.deliveries
         },
+        "node": node,
         "seg_sop_instance_uid": first.seg_sop_instance_uid,
         "sr_sop_instance_uid": first.sr_sop_instance_uid,
         "measurements_ml": first.measurements_ml,
@@ -130,6 +137,15 @@ def _result_record(
             )
         ]
     return result
+
+
+def _as_node_holds(ledger: Ledger, job: JobRecord, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` pointing at the copies the node took into its outbox (STOW-RS), on the
+    node's disk, instead of this worker's temporary files."""
+    items = Outbox(ledger).items(job_id=job.job_id)
+    nodes = {item.node for item in items}
+    node = nodes.pop() if len(nodes) == 1 else None
+    return moved_result(result, {item.sop_instance_uid: item.path for item in items}, node=node)
 
 
 class JobExecutor:
@@ -262,7 +278,14 @@ class JobExecutor:
         for note in fallbacks:
             ledger.note(job.job_id, note)
         result = _result_record(
-            runs, written, verdicts, instances=len(instances), version=manifest.version
+            runs,
+            written,
+            verdicts,
+            instances=len(instances),
+            version=manifest.version,
+            # The node on this machine (whose disk holds the files); a remote worker's are
+            # on no node's disk until it hands them back.
+            node=self.runtime.fetcher.node_here(),
         )
         result["plausibility"] = {**verdict.as_dict(), "on_implausible": action}
         logger.info(
@@ -332,13 +355,15 @@ class JobExecutor:
             # No shared disk: the node takes the objects (STOW-RS) into its outbox first,
             # then the job moves on, in the same order as below and for the same reason.
             count = uploader.deliver(job, deliveries)
+            # The record names the node's copies, not this worker's, removed below.
+            result = _as_node_holds(ledger, job, result)
             ledger.transition(job.job_id, JobState.DELIVERING, result=result, detail=detail)
             ledger.note(job.job_id, f"{count} result object(s) handed to the node over STOW-RS")
             uploader.remove_local_copies(job)
             return
         # Outbox first: a crash before the transition leaves the job RUNNING (the
         # reconciler runs it again); the other order could leave a job DELIVERING forever.
-        node = self.runtime.fetcher.node_here()
+        node: str | None = result["node"]
         items = [
             item
             for name in job.destinations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -357,9 +358,10 @@ class JobLedger(LedgerBase):
             add_to_counters(conn, job_moved(row.model_id, current, now_in))
         return self.get_job(job_id)
 
-    def set_result_paths(self, job_id: str, paths: dict[str, str]) -> None:
+    def set_result_paths(self, job_id: str, paths: dict[str, str], *, node: str | None) -> None:
         """Point the job's result record at other copies of its objects, by SOP Instance
-        UID (``deliveries`` and ``files``): the node's copies of what a remote worker made.
+        UID (``deliveries`` and ``files``), held by ``node``: the node's copies of what a
+        remote worker made.
 
         Raises:
             UnknownJobError: no such job.
@@ -371,18 +373,10 @@ class JobLedger(LedgerBase):
             if row is None:
                 raise UnknownJobError(f"no job {job_id} in the ledger")
             result: dict[str, Any] = json.loads(row.result) if row.result else {}
-            moved: dict[str, str] = {}
-            for entries in result.get("deliveries", {}).values():
-                for entry in entries:
-                    uid, old = entry[1], entry[3]
-                    if uid in paths:
-                        moved[old] = paths[uid]
-                        entry[3] = paths[uid]
-            result["files"] = [moved.get(path, path) for path in result.get("files", [])]
             conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.job_id == job_id)
-                .values(result=json.dumps(result, sort_keys=True))
+                .values(result=json.dumps(moved_result(result, paths, node=node), sort_keys=True))
             )
 
     def note(self, job_id: str, reason: str, detail: dict[str, Any] | None = None) -> None:
@@ -545,3 +539,25 @@ def _add_event(
             detail=json.dumps(detail, sort_keys=True) if detail else None,
         )
     )
+
+
+def moved_result(
+    result: dict[str, Any], paths: dict[str, str], *, node: str | None
+) -> dict[str, Any]:
+    """``result`` (a job's result record) pointing at the copies ``paths`` names by SOP
+    Instance UID, on the disk of ``node`` (``result["node"]``, the node that delivers or
+    releases them; None: any node)."""
+    moved: dict[str, str] = {}
+    deliveries = copy.deepcopy(result.get("deliveries", {}))
+    for entries in deliveries.values():
+        for entry in entries:
+            uid, old = entry[1], entry[3]
+            if uid in paths:
+                moved[old] = paths[uid]
+                entry[3] = paths[uid]
+    return {
+        **result,
+        "deliveries": deliveries,
+        "files": [moved.get(path, path) for path in result.get("files", [])],
+        "node": node,
+    }

@@ -9,6 +9,13 @@ passed the filter). The watcher completes the series of a RETRIEVED study at onc
 those of a RETRIEVING one (a partial series never runs), and opens jobs for the
 retrieval's models instead of the routing rules when it names any (:meth:`claim`).
 
+A retrieval is RUNNING only while its process (its ``runner``, ``host:pid``) renews its
+lease (``heartbeat_at``). A process killed without a word leaves it RUNNING: whoever looks
+next (a run or backfill starting, the node's retrieval service, the dashboard) finds it
+stale, its lease older than ``stale_after`` or its process gone from this host, and ends
+it with the reason (:meth:`RetrievalLedger.interrupt_stale_retrievals`): a backfill or a
+dashboard run STOPPED, to be resumed; a ``pacs-ai run`` FAILED, as nothing resumes it.
+
 Nothing here names a patient: no Patient ID, name or accession number is stored. A
 backfill's query is kept as far as it names none (a date range, modalities), so that it
 can be resumed, and so is a key of its parameters, so that running it again resumes it.
@@ -17,6 +24,8 @@ can be resumed, and so is a key of its parameters, so that running it again resu
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -43,6 +52,10 @@ from core.ledger.schema import (
 #: (:data:`core.routing_rules.PULL_ROUTE_NAMES`).
 RUN_ROUTE = "run"
 BACKFILL_ROUTE = "backfill"
+
+#: A RUNNING retrieval whose runner has not renewed its lease this long is taken for
+#: interrupted (the runner renews it every few seconds: ``node_services.retrieve``).
+LEASE_SECONDS = 120.0
 
 #: Job states in which a job has stopped running (for a retrieval's progress).
 _SETTLED_JOBS = (
@@ -80,6 +93,45 @@ class StudyPull(StrEnum):
 FINISHED_STUDIES = frozenset(
     {StudyPull.RETRIEVED, StudyPull.ROUTED, StudyPull.FAILED, StudyPull.EMPTY}
 )
+
+
+def runner_name() -> str:
+    """This process, as a retrieval's runner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def runner_gone(runner: str | None) -> bool:
+    """Whether ``runner`` names a process of this host that no longer exists.
+
+    Only this host's processes can be looked at; one of another host is never "gone"
+    here (its lease tells). A pid taken again by another process reads as alive: the
+    lease then decides, later.
+    """
+    host, _, pid = (runner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
+
+
+def _lost_runner(
+    runner: str | None, heartbeat_at: float | None, *, now: float, stale_after: float
+) -> str | None:
+    """Why the process of a RUNNING retrieval no longer runs it; ``None``: it may."""
+    if runner_gone(runner):
+        return f"its process {runner} ended without finishing it"
+    silent = now - (heartbeat_at or 0.0)
+    if silent > stale_after:
+        return (
+            f"its process {runner or '(unknown)'} stopped renewing its lease "
+            f"{silent:.0f} s ago (at most {stale_after:.0f} s allowed)"
+        )
+    return None
 
 
 class UnknownRetrievalError(PacsAiError):
@@ -129,6 +181,8 @@ class RetrievalStudy:
     started_at: float | None
     retrieved_at: float | None
     updated_at: float
+    #: How many times it has been pulled (started).
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,11 +332,20 @@ class RetrievalLedger(LedgerBase):
         return [_retrieval(row) for row in rows]
 
     def claim_retrieval(
-        self, retrieval_id: str, runner: str, *, stale_after: float
+        self,
+        retrieval_id: str,
+        runner: str,
+        *,
+        stale_after: float,
+        max_attempts: int = 1,
     ) -> RetrievalRecord:
         """Make ``runner`` the process running the retrieval (RUNNING), in one transaction:
-        one QUEUED, STOPPED or FAILED, or RUNNING with a runner silent for ``stale_after``
-        seconds (a process that died). A DONE one runs again (studies left PENDING only).
+        one QUEUED, STOPPED or FAILED, or RUNNING with a runner that is gone (silent for
+        ``stale_after`` seconds, or a process of this host that no longer exists). A DONE
+        one runs again (studies left PENDING only).
+
+        Its FAILED studies pulled fewer than ``max_attempts`` times are PENDING again
+        (their reason kept until the next attempt ends); the others stay FAILED.
 
         Raises:
             UnknownRetrievalError: no such retrieval.
@@ -299,8 +362,8 @@ class RetrievalLedger(LedgerBase):
             ).first()
             if row is None:
                 raise UnknownRetrievalError(f"no retrieval {retrieval_id} in the ledger")
-            alive = (row.heartbeat_at or 0.0) > now - stale_after
-            if row.state == RetrievalState.RUNNING.value and row.runner != runner and alive:
+            lost = _lost_runner(row.runner, row.heartbeat_at, now=now, stale_after=stale_after)
+            if row.state == RetrievalState.RUNNING.value and row.runner != runner and not lost:
                 raise RetrievalBusyError(
                     f"retrieval {retrieval_id[:8]} is being run by {row.runner} (seen "
                     f"{now - (row.heartbeat_at or now):.0f} s ago)"
@@ -324,35 +387,102 @@ class RetrievalLedger(LedgerBase):
                 .where(retrieval_studies_table.c.state == StudyPull.RETRIEVING.value)
                 .values(state=StudyPull.PENDING.value, updated_at=now)
             )
+            # Failed studies get another attempt, up to the bound.
+            conn.execute(
+                update(retrieval_studies_table)
+                .where(retrieval_studies_table.c.retrieval_id == retrieval_id)
+                .where(retrieval_studies_table.c.state == StudyPull.FAILED.value)
+                .where(retrieval_studies_table.c.attempts < max_attempts)
+                .values(state=StudyPull.PENDING.value, updated_at=now)
+            )
         return self.get_retrieval(retrieval_id)
 
-    def retrieval_heartbeat(self, retrieval_id: str, runner: str) -> None:
+    def interrupt_stale_retrievals(
+        self, *, stale_after: float, now: float | None = None
+    ) -> list[RetrievalRecord]:
+        """End the RUNNING retrievals whose process is gone (see :meth:`claim_retrieval`),
+        with the reason: a ``run`` FAILED (nothing resumes it), a backfill or a dashboard
+        run STOPPED (running it again resumes it). What they were pulling is PENDING again.
+        Returns them as they ended."""
+        now = time.time() if now is None else now
+        ended: list[str] = []
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                select(retrievals_table)
+                .where(retrievals_table.c.state == RetrievalState.RUNNING.value)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                why = _lost_runner(row.runner, row.heartbeat_at, now=now, stale_after=stale_after)
+                if why is None:
+                    continue
+                resumable = row.kind != RUN_ROUTE
+                state = RetrievalState.STOPPED if resumable else RetrievalState.FAILED
+                then = "; run again to resume" if resumable else "; a new run pulls it again"
+                conn.execute(
+                    update(retrievals_table)
+                    .where(retrievals_table.c.retrieval_id == row.retrieval_id)
+                    .values(
+                        state=state.value,
+                        reason=f"interrupted: {why}{then}",
+                        runner=None,
+                        updated_at=now,
+                        finished_at=None if resumable else now,
+                    )
+                )
+                conn.execute(
+                    update(retrieval_studies_table)
+                    .where(retrieval_studies_table.c.retrieval_id == row.retrieval_id)
+                    .where(retrieval_studies_table.c.state == StudyPull.RETRIEVING.value)
+                    .values(
+                        state=StudyPull.PENDING.value,
+                        reason="interrupted while being pulled",
+                        updated_at=now,
+                    )
+                )
+                ended.append(row.retrieval_id)
+        return [self.get_retrieval(retrieval_id) for retrieval_id in ended]
+
+    def retrieval_heartbeat(self, retrieval_id: str, runner: str) -> bool:
+        """Renew ``runner``'s lease on the retrieval; False when it no longer holds it
+        (another process found it stale and ended or took it)."""
         now = time.time()
         with self._engine.begin() as conn:
-            conn.execute(
+            renewed = conn.execute(
                 update(retrievals_table)
                 .where(retrievals_table.c.retrieval_id == retrieval_id)
                 .where(retrievals_table.c.runner == runner)
+                .where(retrievals_table.c.state == RetrievalState.RUNNING.value)
                 .values(heartbeat_at=now)
-            )
+            ).rowcount
+        return bool(renewed)
 
     def finish_retrieval(
-        self, retrieval_id: str, state: RetrievalState, reason: str | None = None
-    ) -> None:
-        """End a run of the retrieval: DONE, STOPPED (resumable) or FAILED."""
+        self,
+        retrieval_id: str,
+        state: RetrievalState,
+        reason: str | None = None,
+        *,
+        runner: str | None = None,
+    ) -> bool:
+        """End a run of the retrieval: DONE, STOPPED (resumable) or FAILED. With
+        ``runner``, only while that process holds it; False when it did not."""
         now = time.time()
         with self._engine.begin() as conn:
-            conn.execute(
-                update(retrievals_table)
-                .where(retrievals_table.c.retrieval_id == retrieval_id)
-                .values(
+            held = update(retrievals_table).where(retrievals_table.c.retrieval_id == retrieval_id)
+            if runner is not None:
+                held = held.where(retrievals_table.c.runner == runner)
+            ended = conn.execute(
+                held.values(
                     state=state.value,
                     reason=reason,
                     runner=None,
                     updated_at=now,
                     finished_at=now if state != RetrievalState.STOPPED else None,
                 )
-            )
+            ).rowcount
+            if not ended:
+                return False
             if state != RetrievalState.DONE:
                 # A study stopped mid-pull is pulled again from its beginning on resume.
                 conn.execute(
@@ -361,6 +491,7 @@ class RetrievalLedger(LedgerBase):
                     .where(retrieval_studies_table.c.state == StudyPull.RETRIEVING.value)
                     .values(state=StudyPull.PENDING.value, updated_at=now)
                 )
+        return True
 
     def retrieval_studies(
         self, retrieval_id: str, *, states: Iterable[StudyPull] | None = None
@@ -387,9 +518,13 @@ class RetrievalLedger(LedgerBase):
         instance_count: int | None = None,
     ) -> None:
         now = time.time()
-        values: dict[str, Any] = {"state": state.value, "reason": reason, "updated_at": now}
+        values: dict[str, Any] = {"state": state.value, "updated_at": now}
         if state == StudyPull.RETRIEVING:
+            # An attempt more; the reason of the one before stays until this one ends.
             values["started_at"] = now
+            values["attempts"] = retrieval_studies_table.c.attempts + 1
+        else:
+            values["reason"] = reason
         if state == StudyPull.RETRIEVED:
             values["retrieved_at"] = now
         if series_count is not None:
@@ -558,4 +693,5 @@ def _study(row: Row[Any]) -> RetrievalStudy:
         started_at=row.started_at,
         retrieved_at=row.retrieved_at,
         updated_at=row.updated_at,
+        attempts=row.attempts,
     )

@@ -381,7 +381,10 @@ class SeriesLedger(LedgerBase):
         reason: str | None = None,
         *,
         completed_at: float | None = None,
-    ) -> None:
+        expected: SeriesState | None = None,
+    ) -> bool:
+        """Move the series to ``state``; with ``expected``, only from that state (a claim
+        among nodes sharing the ledger). Whether it moved."""
         values: dict[str, Any] = {"state": state.value, "reason": reason, "updated_at": time.time()}
         if completed_at is not None:
             values["completed_at"] = completed_at
@@ -392,11 +395,14 @@ class SeriesLedger(LedgerBase):
                 .where(series_table.c.series_uid == series_uid)
                 .with_for_update()
             ).scalar()
+            if expected is not None and old != expected.value:
+                return False
             conn.execute(
                 update(series_table).where(series_table.c.series_uid == series_uid).values(**values)
             )
             if old is not None:
                 add_to_counters(conn, series_moved(old, state))
+        return old is not None
 
     def set_series_origin(self, series_uid: str, origin: str) -> None:
         """Record how a series came (``retrieved``: a PACS sent it on our C-MOVE)."""
@@ -436,19 +442,30 @@ class SeriesLedger(LedgerBase):
         return [_series_record(row) for row in rows]
 
     def set_study_state(
-        self, study_uid: str, state: StudyState, reason: str | None = None, *, completed_at: float
-    ) -> None:
+        self,
+        study_uid: str,
+        state: StudyState,
+        reason: str | None = None,
+        *,
+        completed_at: float,
+        expected: StudyState | None = None,
+    ) -> bool:
+        """Move the study to ``state``; with ``expected``, only from that state: of nodes
+        sharing the ledger, the one whose update succeeds decides the study, once. Whether
+        it moved."""
+        query = update(studies_table).where(studies_table.c.study_uid == study_uid)
+        if expected is not None:
+            query = query.where(studies_table.c.state == expected.value)
         with self._engine.begin() as conn:
-            conn.execute(
-                update(studies_table)
-                .where(studies_table.c.study_uid == study_uid)
-                .values(
+            moved = conn.execute(
+                query.values(
                     state=state.value,
                     reason=reason,
                     completed_at=completed_at,
                     updated_at=time.time(),
                 )
-            )
+            ).rowcount
+        return bool(moved)
 
     def series_instances(self, series_uid: str) -> list[StoredInstance]:
         """The stored instances of a series, in arrival order."""

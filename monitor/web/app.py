@@ -51,7 +51,7 @@ from monitor.health import readiness
 from monitor.metrics import MetricsEndpoint, NodeStats
 from monitor.pulls import Pulls, PullStarter
 from monitor.readings import Readings
-from monitor.web import api, dicomweb, login, pulls, views
+from monitor.web import api, dicomweb, login, models, pulls, views
 from monitor.web.common import (
     MAX_BODY,
     ApiError,
@@ -166,7 +166,7 @@ def create_app(
     services = Services(
         settings=settings,
         readings=readings,
-        actions=JobActions(ledger),
+        actions=JobActions(ledger, node=settings.node.name),
         auth=Authenticator(settings.monitor),
         metrics=MetricsEndpoint(readings, node_stats=node_stats),
         throttle=SignInThrottle(),
@@ -184,6 +184,7 @@ def create_app(
     app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(pulls.router)
+    app.include_router(models.router)
     app.include_router(dicomweb.router)
     _public_routes(app, services)
     _error_handlers(app)

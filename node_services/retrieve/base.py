@@ -10,7 +10,7 @@ instances come back to us) or by asking the PACS to send it to the node (C-MOVE)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +86,61 @@ class SeriesMatch:
     @property
     def modality(self) -> str:
         return str(self.attributes.get("Modality", "") or "")
+
+
+def study_matches(answers: Iterable[Dataset], query: StudyQuery) -> list[StudyMatch]:
+    """The studies of C-FIND or QIDO-RS ``answers`` that ``query`` asked for, once each:
+    answers without a Study Instance UID, or with another than the one asked for, are
+    dropped, and so are those with none of the asked modalities where the PACS says which
+    it has (matching on Modalities in Study is optional for a PACS, PS3.4 C.6.2.1.2)."""
+    matches: dict[str, StudyMatch] = {}
+    for answer in answers:
+        uid = str(answer.get("StudyInstanceUID", "") or "")
+        if not uid or (query.study_uid and uid != query.study_uid):
+            continue
+        modalities = tuple(values_of(answer.get("ModalitiesInStudy")))
+        if query.modalities and modalities and not set(modalities) & set(query.modalities):
+            continue
+        matches[uid] = StudyMatch(
+            study_uid=uid,
+            study_date=str(answer.get("StudyDate", "") or ""),
+            modalities=modalities,
+            instances=number_of(answer.get("NumberOfStudyRelatedInstances")),
+        )
+    return list(matches.values())
+
+
+def series_matches(answers: Iterable[Dataset]) -> list[SeriesMatch]:
+    """The series of C-FIND or QIDO-RS ``answers`` (those without a Series Instance UID
+    dropped)."""
+    return [
+        SeriesMatch(
+            series_uid=str(answer.get("SeriesInstanceUID", "") or ""),
+            attributes=answer,
+            instances=number_of(answer.get("NumberOfSeriesRelatedInstances")),
+        )
+        for answer in answers
+        if answer.get("SeriesInstanceUID", "")
+    ]
+
+
+def values_of(value: object) -> list[str]:
+    """An answered attribute's values as text (none for an empty one)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence):
+        return [str(v) for v in value if str(v)]
+    return [str(value)]
+
+
+def number_of(value: object) -> int | None:
+    """An answered count (an IS value), or None when absent or not a number."""
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,20 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from http.client import HTTPResponse
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from core.errors import InvalidInputError
-from core.multipart import MultipartError, MultipartReader, PartData, PartStart, boundary_of
+from core.multipart import (
+    MultipartError,
+    PartTooLargeError,
+    Readable,
+    boundary_of,
+    whole_parts,
+)
 from core.settings import DicomWebDestination, DicomWebQueryRetrieve
 from node_services.retrieve.base import (
     SERIES_KEYS,
@@ -38,6 +44,8 @@ from node_services.retrieve.base import (
     SourceUnavailableError,
     StudyMatch,
     StudyQuery,
+    series_matches,
+    study_matches,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,38 +101,11 @@ class DicomWebSource:
                 f"the query finds more than {limit} studies in {self.name} "
                 "(query_retrieve.max_studies): narrow it"
             )
-        matches = []
-        for answer in answers:
-            uid = str(answer.get("StudyInstanceUID", "") or "")
-            if not uid or (query.study_uid and uid != query.study_uid):
-                continue
-            modalities = tuple(str(m) for m in _list(answer.get("ModalitiesInStudy")))
-            if query.modalities and modalities and not set(modalities) & set(query.modalities):
-                continue
-            matches.append(
-                StudyMatch(
-                    study_uid=uid,
-                    study_date=str(answer.get("StudyDate", "") or ""),
-                    modalities=modalities,
-                    instances=_number(answer.get("NumberOfStudyRelatedInstances")),
-                )
-            )
-        return list({m.study_uid: m for m in matches}.values())
+        return study_matches(answers, query)
 
     def find_series(self, study_uid: str, *, keys: tuple[str, ...] = ()) -> list[SeriesMatch]:
         params = [("includefield", k) for k in dict.fromkeys((*SERIES_KEYS, *keys))]
-        found = []
-        for answer in self._qido(f"/studies/{_uid(study_uid)}/series", params):
-            uid = str(answer.get("SeriesInstanceUID", "") or "")
-            if uid:
-                found.append(
-                    SeriesMatch(
-                        series_uid=uid,
-                        attributes=answer,
-                        instances=_number(answer.get("NumberOfSeriesRelatedInstances")),
-                    )
-                )
-        return found
+        return series_matches(self._qido(f"/studies/{_uid(study_uid)}/series", params))
 
     def _qido(self, path: str, params: list[tuple[str, str]]) -> list[Dataset]:
         query = urllib.parse.urlencode(params)
@@ -192,40 +173,18 @@ class DicomWebSource:
         return response
 
 
-class Readable(Protocol):
-    """What :func:`iter_parts` reads from: an HTTP response, a file."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
 def iter_parts(stream: Readable, boundary: str, *, max_part: int) -> Iterator[bytes]:
-    """The bodies of a ``multipart/related`` stream (:class:`core.multipart.MultipartReader`),
-    each whole, one at a time, read as they arrive.
+    """The bodies of a WADO-RS ``multipart/related`` answer, each whole, one at a time, as
+    they arrive (:func:`core.multipart.whole_parts`).
 
     Raises:
         QueryError: the stream is not well-formed multipart (cut off, say), or a part is
             larger than ``max_part``.
     """
-    reader = MultipartReader(boundary)
-    part: bytearray | None = None
     try:
-        while not reader.finished:
-            chunk = stream.read(_READ)
-            if not chunk:
-                reader.close()
-                return
-            for event in reader.feed(chunk):
-                if isinstance(event, PartStart):
-                    part = bytearray()
-                elif isinstance(event, PartData):
-                    assert part is not None
-                    part += event.data
-                    if len(part) > max_part:
-                        raise QueryError(f"a WADO-RS part is larger than {max_part} bytes")
-                else:
-                    assert part is not None
-                    yield bytes(part)
-                    part = None
+        yield from whole_parts(stream, boundary, max_part=max_part, read_size=_READ)
+    except PartTooLargeError as exc:
+        raise QueryError(f"a WADO-RS part is larger than {max_part} bytes") from exc
     except MultipartError as exc:
         raise QueryError(f"the WADO-RS answer is not well-formed: {exc}") from None
 
@@ -245,20 +204,3 @@ def _uid(value: str) -> str:
     if not re.fullmatch(r"[0-9.]{1,64}", value):
         raise QueryError(f"{value!r} is not a UID")
     return value
-
-
-def _list(value: object) -> list[object]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable):
-        return list(value)
-    return [value]
-
-
-def _number(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except ValueError:
-        return None

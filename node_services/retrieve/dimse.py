@@ -56,6 +56,9 @@ from node_services.retrieve.base import (
     SourceUnavailableError,
     StudyMatch,
     StudyQuery,
+    number_of,
+    series_matches,
+    study_matches,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,6 +153,22 @@ STORAGE_CLASSES: tuple[str, ...] = tuple(
     if hasattr(sop_class, name)
 )
 
+#: Transfer syntaxes proposed for the query/retrieve commands and identifiers.
+COMMAND_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: The presentation contexts (abstract syntax, transfer syntaxes) each association
+#: proposes: a C-FIND one, a C-GET one (the model, and every storage class of
+#: :data:`STORAGE_CLASSES` in any syntax we keep, with the SCP role: :data:`GET_SCP_ROLES`),
+#: a C-MOVE one. The conformance statement lists these (``pacs_ai/docs_gen``).
+FIND_CONTEXTS: tuple[tuple[str, tuple[str, ...]], ...] = ((FIND_MODEL, COMMAND_SYNTAXES),)
+GET_CONTEXTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (GET_MODEL, COMMAND_SYNTAXES),
+    *((uid, ANY_TRANSFER_SYNTAX) for uid in STORAGE_CLASSES),
+)
+MOVE_CONTEXTS: tuple[tuple[str, tuple[str, ...]], ...] = ((MOVE_MODEL, COMMAND_SYNTAXES),)
+#: Storage SOP classes for which a C-GET association takes the SCP role (PS3.7 D.3.3.4).
+GET_SCP_ROLES: tuple[str, ...] = STORAGE_CLASSES
+
 
 class DimseSource:
     """A PACS reached over DIMSE (``destinations.<name>`` with ``query_retrieve``)."""
@@ -188,24 +207,7 @@ class DimseSource:
         identifier.StudyDate = query.study_date or ""
         identifier.ModalitiesInStudy = "\\".join(query.modalities)
         identifier.NumberOfStudyRelatedInstances = ""
-        matches = []
-        for answer in self._find(identifier, limit=self.settings.max_studies):
-            uid = str(answer.get("StudyInstanceUID", "") or "")
-            if not uid or (query.study_uid and uid != query.study_uid):
-                continue
-            modalities = tuple(_values(answer.get("ModalitiesInStudy")))
-            # Matching on ModalitiesInStudy is optional for an SCP (PS3.4 C.6.2.1.2).
-            if query.modalities and modalities and not set(modalities) & set(query.modalities):
-                continue
-            matches.append(
-                StudyMatch(
-                    study_uid=uid,
-                    study_date=str(answer.get("StudyDate", "") or ""),
-                    modalities=modalities,
-                    instances=_number(answer.get("NumberOfStudyRelatedInstances")),
-                )
-            )
-        return list({m.study_uid: m for m in matches}.values())
+        return study_matches(self._find(identifier, limit=self.settings.max_studies), query)
 
     def find_series(self, study_uid: str, *, keys: tuple[str, ...] = ()) -> list[SeriesMatch]:
         identifier = Dataset()
@@ -214,25 +216,12 @@ class DimseSource:
         identifier.SeriesInstanceUID = ""
         for keyword in dict.fromkeys((*SERIES_KEYS, *keys)):
             setattr(identifier, keyword, "")
-        found = []
-        for answer in self._find(identifier, limit=None):
-            uid = str(answer.get("SeriesInstanceUID", "") or "")
-            if uid:
-                found.append(
-                    SeriesMatch(
-                        series_uid=uid,
-                        attributes=answer,
-                        instances=_number(answer.get("NumberOfSeriesRelatedInstances")),
-                    )
-                )
-        return found
+        return series_matches(self._find(identifier, limit=None))
 
     def _find(self, identifier: Dataset, *, limit: int | None) -> Iterator[Dataset]:
         """C-FIND ``identifier``; the matches (PS3.4 C.4.1)."""
         answers: list[Dataset] = []
-        with self._association(
-            [(FIND_MODEL, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
-        ) as assoc:
+        with self._association(FIND_CONTEXTS) as assoc:
             for status, answer in assoc.send_c_find(identifier, FIND_MODEL):
                 code = _status(status, self.describe(), "C-FIND", self.calling_ae)
                 if is_pending(code):
@@ -287,21 +276,15 @@ class DimseSource:
             stored += 1
             return int(Status.SUCCESS)
 
-        contexts: list[tuple[str, Sequence[str]]] = [
-            (GET_MODEL, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),
-            *((uid, ANY_TRANSFER_SYNTAX) for uid in STORAGE_CLASSES),
-        ]
-        roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
+        roles = [build_role(uid, scp_role=True) for uid in GET_SCP_ROLES]
         with self._association(
-            contexts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)]
+            GET_CONTEXTS, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)]
         ) as assoc:
             final = self._final(assoc.send_c_get(identifier, GET_MODEL), "C-GET")
         return _outcome(final, stored=stored, problems=problems)
 
     def _move(self, identifier: Dataset) -> RetrieveOutcome:
-        with self._association(
-            [(MOVE_MODEL, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
-        ) as assoc:
+        with self._association(MOVE_CONTEXTS) as assoc:
             final = self._final(
                 assoc.send_c_move(identifier, self.move_destination, MOVE_MODEL), "C-MOVE"
             )
@@ -329,6 +312,18 @@ class DimseSource:
 
     # -- associations ----------------------------------------------------------------
 
+    def requesting_ae(self, contexts: Sequence[tuple[str, Sequence[str]]]) -> AE:
+        """The pynetdicom AE that proposes ``contexts`` (not yet associated)."""
+        ae = AE(ae_title=self.calling_ae)
+        timeout = self.settings.timeout_seconds
+        ae.acse_timeout = min(timeout, 60.0)
+        ae.dimse_timeout = timeout
+        ae.network_timeout = timeout
+        ae.maximum_pdu_size = self.max_pdu
+        for abstract, syntaxes in contexts:
+            ae.add_requested_context(abstract, list(syntaxes))
+        return ae
+
     @contextlib.contextmanager
     def _association(
         self,
@@ -338,14 +333,7 @@ class DimseSource:
         handlers: Sequence[Any] = (),
     ) -> Iterator[Association]:
         destination = self.destination
-        ae = AE(ae_title=self.calling_ae)
-        timeout = self.settings.timeout_seconds
-        ae.acse_timeout = min(timeout, 60.0)
-        ae.dimse_timeout = timeout
-        ae.network_timeout = timeout
-        ae.maximum_pdu_size = self.max_pdu
-        for abstract, syntaxes in contexts:
-            ae.add_requested_context(abstract, list(syntaxes))
+        ae = self.requesting_ae(contexts)
         tls = None
         if destination.tls is not None:
             context = client_context(destination.tls, key=f"destinations.{self.name}.tls")
@@ -402,26 +390,9 @@ def _comment(status: Dataset) -> str:
 
 def _outcome(final: Dataset, *, stored: int, problems: list[str]) -> RetrieveOutcome:
     return RetrieveOutcome(
-        completed=_number(final.get("NumberOfCompletedSuboperations")) or stored,
-        failed=_number(final.get("NumberOfFailedSuboperations")) or 0,
-        warning=_number(final.get("NumberOfWarningSuboperations")) or 0,
+        completed=number_of(final.get("NumberOfCompletedSuboperations")) or stored,
+        failed=number_of(final.get("NumberOfFailedSuboperations")) or 0,
+        warning=number_of(final.get("NumberOfWarningSuboperations")) or 0,
         stored=stored,
         problems=tuple(problems),
     )
-
-
-def _values(value: object) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Sequence):
-        return [str(v) for v in value if str(v)]
-    return [str(value)]
-
-
-def _number(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except ValueError:
-        return None

@@ -12,7 +12,16 @@ RETRIEVED, and the node's completion watcher completes and routes its series at 
 
 A run stops between two series when asked (``stop``), or when the source cannot be
 reached; what was being pulled is pulled again, from its start, when the retrieval runs
-again (a backfill resumes), and re-received instances replace their earlier copies.
+again (a backfill resumes), and re-received instances replace their earlier copies. A
+study that FAILED is pulled again when its retrieval resumes, up to
+:data:`STUDY_ATTEMPTS` times in all; its reason says which attempt failed and why.
+
+While it runs, a thread renews the run's lease in the ledger every
+:data:`HEARTBEAT_SECONDS`, however long one series takes. A process killed without a word
+stops renewing it: the next run, backfill or node to look ends it as interrupted, or
+resumes it (:meth:`core.ledger.RetrievalLedger.interrupt_stale_retrievals`). A run that
+finds its lease taken stops between two series and writes nothing more.
+
 Nothing here logs a patient's name, ID or accession number: UIDs and counts only.
 """
 
@@ -21,12 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import InvalidInputError
 from core.jobs import InstanceRecord, SeriesState
@@ -37,6 +46,7 @@ from core.ledger import (
     RetrievalState,
     StudyPull,
 )
+from core.ledger.retrievals import LEASE_SECONDS, runner_name
 from core.settings import Settings
 from dicom_node.encoding import FileMeta, UnknownTransferSyntaxError, file_meta, parse_file_meta
 from dicom_node.scanner import DataSetScanner
@@ -56,17 +66,15 @@ logger = logging.getLogger(__name__)
 
 #: The origin recorded on a pulled series.
 RETRIEVED = "retrieved"
-#: A retrieval whose runner has been silent this long may be taken over (it died).
-STALE_AFTER_SECONDS = 120.0
-#: How often a running retrieval says it is alive (also while it waits).
+#: A retrieval whose runner has not renewed its lease this long may be taken over (it
+#: died); one whose runner was a process of this host that no longer exists at once.
+STALE_AFTER_SECONDS = LEASE_SECONDS
+#: How often a running retrieval renews its lease (from a thread of its own).
 HEARTBEAT_SECONDS = 10.0
+#: Times a study is pulled at most: a FAILED one is pulled again on resume until then.
+STUDY_ATTEMPTS = 3
 #: Longest wait, after a C-MOVE ended, for the node to record what the PACS sent.
 MOVE_ARRIVAL_SECONDS = 120.0
-
-
-def runner_name() -> str:
-    """This process, as a retrieval's runner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def backfill_key(**parameters: object) -> str:
@@ -208,6 +216,7 @@ class Retriever:
         self.stop = stop or threading.Event()
         self._source_factory = source_factory
         self._spool: Spool | None = None
+        self._lease: _Lease | None = None
 
     @property
     def spool(self) -> Spool:
@@ -296,27 +305,47 @@ class Retriever:
             ConfigError: its source is no longer a query/retrieve destination.
         """
         name = runner or runner_name()
-        record = self.ledger.claim_retrieval(retrieval_id, name, stale_after=STALE_AFTER_SECONDS)
+        for ended in self.ledger.interrupt_stale_retrievals(stale_after=STALE_AFTER_SECONDS):
+            logger.warning("retrieval %s %s: %s", ended.retrieval_id[:8], ended.state, ended.reason)
+        record = self.ledger.claim_retrieval(
+            retrieval_id, name, stale_after=STALE_AFTER_SECONDS, max_attempts=STUDY_ATTEMPTS
+        )
+        with _Lease(self.ledger, retrieval_id, name) as lease:
+            self._lease = lease
+            try:
+                return self._run(record, name, pacing, report)
+            finally:
+                self._lease = None
+
+    def _run(
+        self,
+        record: RetrievalRecord,
+        name: str,
+        pacing: Pacing | None,
+        report: Callable[[Report], None] | None,
+    ) -> RetrievalRecord:
+        retrieval_id = record.retrieval_id
         try:
             source = self.source(record.source)
         except Exception as exc:
-            self.ledger.finish_retrieval(retrieval_id, RetrievalState.FAILED, str(exc))
+            self.ledger.finish_retrieval(retrieval_id, RetrievalState.FAILED, str(exc), runner=name)
             raise
         series_filter = SeriesFilter.from_json(record.query.get("series_filter") or {})
-        last_beat = time.monotonic()
 
         def tell(doing: str) -> None:
-            nonlocal last_beat
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                self.ledger.retrieval_heartbeat(retrieval_id, name)
-                last_beat = time.monotonic()
             if report is not None:
                 report(Report(record, self.ledger.retrieval_progress(retrieval_id), doing))
 
         for study in self.ledger.retrieval_studies(retrieval_id, states=[StudyPull.PENDING]):
             if not self._paced(pacing, tell):
-                return self._end(
-                    retrieval_id, RetrievalState.STOPPED, "stopped; run again to resume"
+                return self._end(record, name, RetrievalState.STOPPED, _STOPPED)
+            if study.attempts:
+                logger.info(
+                    "study %s: attempt %d of %d (before: %s)",
+                    study.study_uid,
+                    study.attempts + 1,
+                    STUDY_ATTEMPTS,
+                    study.reason,
                 )
             tell(f"pulling study {study.study_uid}")
             try:
@@ -326,23 +355,31 @@ class Retriever:
                 state = (
                     RetrievalState.STOPPED if record.kind == "backfill" else RetrievalState.FAILED
                 )
-                return self._end(retrieval_id, state, f"{exc}; run again to resume")
+                return self._end(record, name, state, f"{exc}; run again to resume")
             except _StopRequestedError:
-                return self._end(
-                    retrieval_id, RetrievalState.STOPPED, "stopped; run again to resume"
-                )
-            self.ledger.retrieval_heartbeat(retrieval_id, name)
-            last_beat = time.monotonic()
+                return self._end(record, name, RetrievalState.STOPPED, _STOPPED)
         tell("done")
-        return self._end(retrieval_id, RetrievalState.DONE, None)
+        return self._end(record, name, RetrievalState.DONE, None)
 
-    def _end(self, retrieval_id: str, state: RetrievalState, reason: str | None) -> RetrievalRecord:
-        self.ledger.finish_retrieval(retrieval_id, state, reason)
-        return self.ledger.get_retrieval(retrieval_id)
+    def _end(
+        self, record: RetrievalRecord, name: str, state: RetrievalState, reason: str | None
+    ) -> RetrievalRecord:
+        if not self.ledger.finish_retrieval(record.retrieval_id, state, reason, runner=name):
+            logger.warning(
+                "retrieval %s was taken from this process (%s) before it ended %s",
+                record.retrieval_id[:8],
+                name,
+                state,
+            )
+        return self.ledger.get_retrieval(record.retrieval_id)
+
+    def _stopping(self) -> bool:
+        """Asked to stop, or this process's lease on the run was lost."""
+        return self.stop.is_set() or (self._lease is not None and self._lease.lost.is_set())
 
     def _paced(self, pacing: Pacing | None, tell: Callable[[str], None]) -> bool:
         """Wait until the next study may start; False when asked to stop meanwhile."""
-        while not self.stop.is_set():
+        while not self._stopping():
             wait = pacing.wait() if pacing is not None else None
             if not wait:
                 if pacing is not None:
@@ -401,8 +438,14 @@ class Retriever:
         except (QueryError, InvalidInputError, OSError) as exc:
             reason = str(exc)
             self._hold_series(recorded, f"retrieval incomplete: {reason}")
+            attempts = [
+                s.attempts
+                for s in self.ledger.retrieval_studies(retrieval_id, states=[StudyPull.RETRIEVING])
+                if s.study_uid == study_uid
+            ]
+            attempt = f"attempt {attempts[0]} of {STUDY_ATTEMPTS}: " if attempts else ""
             self.ledger.set_retrieval_study(
-                retrieval_id, study_uid, StudyPull.FAILED, reason=reason
+                retrieval_id, study_uid, StudyPull.FAILED, reason=f"{attempt}{reason}"
             )
             logger.warning("study %s not retrieved: %s", study_uid, reason)
             return StudyPull.FAILED
@@ -453,7 +496,7 @@ class Retriever:
         return len(sink.records)
 
     def _check_stop(self) -> None:
-        if self.stop.is_set():
+        if self._stopping():
             raise _StopRequestedError
 
     def _await_moved(self, source: Source, series_uid: str, *, since: float, expected: int) -> None:
@@ -464,7 +507,7 @@ class Retriever:
             arrived = self.ledger.instances_received_since(series_uid, since)
             if arrived >= expected:
                 return
-            if self.stop.wait(0.2):
+            if self.stop.wait(0.2) or self._stopping():
                 raise _StopRequestedError
         raise QueryError(
             f"series {series_uid}: {source.name} moved {expected} instances but the node "
@@ -483,8 +526,53 @@ class Retriever:
                 continue
 
 
+_STOPPED = "stopped; run again to resume"
+
+
 class _StopRequestedError(Exception):
     """Asked to stop between two series."""
+
+
+class _Lease:
+    """Renews a runner's lease on a retrieval every :data:`HEARTBEAT_SECONDS` from a
+    thread, for as long as the run lasts (a series may take longer than the lease);
+    ``lost`` is set when another process has taken the retrieval meanwhile."""
+
+    def __init__(self, ledger: Ledger, retrieval_id: str, runner: str) -> None:
+        self._ledger = ledger
+        self._retrieval_id = retrieval_id
+        self._runner = runner
+        self._done = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew, name=f"retrieval-lease-{retrieval_id[:8]}", daemon=True
+        )
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            try:
+                held = self._ledger.retrieval_heartbeat(self._retrieval_id, self._runner)
+            except SQLAlchemyError as exc:
+                # The ledger away a moment: the lease is renewed at the next beat, and
+                # lapses (another process may take over) if it stays away.
+                logger.warning("retrieval %s: lease not renewed: %s", self._retrieval_id[:8], exc)
+                continue
+            if not held:
+                logger.error(
+                    "retrieval %s was taken from %s (found stale): stopping it here",
+                    self._retrieval_id[:8],
+                    self._runner,
+                )
+                self.lost.set()
+                return
 
 
 def _source_ae(settings: Settings, name: str) -> str:

@@ -18,7 +18,7 @@ from core.periodic import Periodic
 from core.settings import Settings
 from dicom_node.node import installed_models
 from node_services.retrieve.base import SeriesFilter, StudyQuery
-from node_services.retrieve.retriever import Retriever
+from node_services.retrieve.retriever import STALE_AFTER_SECONDS, Retriever
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ class RetrievalService:
         self._loop.stop()
 
     def run_once(self) -> int:
-        """Run the queued retrievals (oldest first); return how many ran."""
+        """Run the queued retrievals (oldest first), and those a process that died left
+        RUNNING (found stale, they are STOPPED and resumed); return how many ran."""
+        for ended in self._ledger.interrupt_stale_retrievals(stale_after=STALE_AFTER_SECONDS):
+            logger.warning("retrieval %s %s: %s", ended.retrieval_id[:8], ended.state, ended.reason)
         queued = self._ledger.retrievals(
             kinds=[DASHBOARD], states=[RetrievalState.QUEUED, RetrievalState.STOPPED]
         )

@@ -41,6 +41,7 @@ from dicom_node.ul.negotiation import APPLICATION_CONTEXT, MIN_PEER_MAX_LENGTH
 from inference import codes
 from inference.results import COMPRESSION_SYNTAXES, choose_compression
 from inference.writers import MANUFACTURER, pacs_ai_version
+from node_services.retrieve import dimse
 from pacs_ai.docs_gen.markdown import cell, docstring, table
 from pacs_ai.docs_gen.schema import class_comments, module_comments, sections
 
@@ -220,13 +221,19 @@ def _overview() -> str:
             "series, and sends the results back as DICOM objects (Segmentation, "
             "Comprehensive 3D SR, Secondary Capture, Encapsulated PDF) with C-STORE or "
             "DICOMweb STOW-RS. It also forwards received instances unchanged when a route "
-            "says so.\n",
+            "says so, and pulls studies already in a PACS (C-FIND, then C-GET or C-MOVE; "
+            "QIDO-RS and WADO-RS) to run models on them.\n",
             table(
                 ["Network service", "User of service (SCU)", "Provider of service (SCP)"],
                 [
                     ["Verification", "No", "Yes"],
                     ["Storage (every storage SOP class below)", "Yes", "Yes"],
-                    ["Query/Retrieve, Worklist, MPPS, Storage Commitment", "No", "No"],
+                    [
+                        "Query/Retrieve, Study Root: FIND, GET, MOVE (pulling studies from a PACS)",
+                        "Yes",
+                        "No",
+                    ],
+                    ["Worklist, MPPS, Storage Commitment", "No", "No"],
                     [
                         "STOW-RS (DICOMweb, PS3.18 10.5)",
                         "Yes (user agent)",
@@ -234,7 +241,7 @@ def _overview() -> str:
                     ],
                     [
                         "WADO-RS retrieve (DICOMweb, PS3.18 10.4)",
-                        "Yes (pacs-ai's workers)",
+                        "Yes (pacs-ai's workers; pulling from a DICOMweb PACS, found by QIDO-RS)",
                         "Yes (origin server, for pacs-ai's own workers only)",
                     ],
                 ],
@@ -296,6 +303,7 @@ def _networking(node: NodeSettings) -> str:
             _scu(),
             _stow(),
             _dicomweb_for_workers(),
+            _query_retrieve(),
             "### 4.3 Network interfaces\n",
             "TCP/IP over whatever interfaces the host has; IPv4 and IPv6 (`node.host`). "
             "DICOM TLS is described in [section 7](#7-security). Sockets use "
@@ -454,6 +462,58 @@ def _dicomweb_for_workers() -> str:
             "refused), 409 (none stored, or the job is not running), 401/403, 404, 406, "
             "413, 415, 507 (disk below `node.min_free_disk_mb`). See "
             "[remote workers](../remote-workers.md).\n",
+        ]
+    )
+
+
+def _query_retrieve() -> str:
+    """4.2.5: what ``pacs-ai run --from`` and ``pacs-ai backfill`` propose, from the
+    contexts :mod:`node_services.retrieve.dimse` requests."""
+    models = [
+        [what, uid_name(uid), f"`{uid}`", ", ".join(uid_name(ts) for ts in syntaxes)]
+        for what, contexts in (
+            ("C-FIND", dimse.FIND_CONTEXTS),
+            ("C-GET", dimse.GET_CONTEXTS[:1]),
+            ("C-MOVE", dimse.MOVE_CONTEXTS),
+        )
+        for uid, syntaxes in contexts
+    ]
+    storage = [
+        [uid_name(uid), f"`{uid}`"]
+        for uid in sorted(dimse.GET_SCP_ROLES, key=lambda u: (uid_name(u), u))
+    ]
+    syntaxes = [[uid_name(ts), f"`{ts}`"] for ts in dimse.ANY_TRANSFER_SYNTAX]
+    return "\n".join(
+        [
+            "#### 4.2.5 Query/Retrieve SCU (pulling studies from a PACS) {#qr-scu}\n",
+            "`pacs-ai run --from` and `pacs-ai backfill` (and runs started on the "
+            "dashboard) find studies and series in a destination with a `query_retrieve` "
+            "role by C-FIND (STUDY, then SERIES level) and retrieve each series by C-GET, "
+            "or by C-MOVE to the node's own AE title (`query_retrieve.move_destination`, "
+            "else `node.ae_title`) where `query_retrieve.retrieve: move`; the node's "
+            "Storage SCP above receives what a C-MOVE sends. Calling AE title: "
+            "`node.ae_title`. One association per "
+            "C-FIND and per series retrieved; each command waits for its final response "
+            "(`query_retrieve.timeout_seconds`).\n",
+            "##### SOP classes {#qr-scu-sop-classes}\n",
+            table(["Operation", "SOP class", "UID", "Transfer syntaxes"], models),
+            "##### Storage SCP role during C-GET {#qr-get-storage-scp}\n",
+            "A C-GET association also proposes these storage SOP classes, each with SCP/SCU "
+            "role selection (PS3.7 D.3.3.4: the SCP role), offering every transfer syntax "
+            "below, so that the PACS sends each instance as it holds it; it is filed "
+            "byte for byte, never transcoded. An instance that cannot be filed is "
+            "answered 0xC2xx (cannot understand) or 0xA7xx (out of resources).\n",
+            table(["SOP class", "UID"], storage),
+            "##### Transfer syntaxes accepted during C-GET {#qr-get-transfer-syntaxes}\n",
+            table(["Transfer syntax", "UID"], syntaxes),
+            "##### Status handling\n",
+            "Pending answers are read on. Success ends the command. 0xB000 (sub-operations "
+            "failed) and any other failure status end the retrieval of that study as "
+            "FAILED with the status (or the counts) in its reason; 0xA801 (move "
+            "destination unknown) says which AE title to declare. A FAILED study is "
+            "pulled again when its retrieval resumes, a bounded number of times. An "
+            "association rejected, aborted or timed out stops the retrieval, to be "
+            "resumed ([pulling from a PACS](../pull-from-pacs.md)).\n",
         ]
     )
 

@@ -219,9 +219,18 @@ def test_a_remote_worker_as_another_user_turns_the_lidc_ct_into_one_seg_and_one_
     again = node.wait_for_job(series_uid, JobState.DONE, after=rerun_after, timeout=300)
 
     assert again.job_id == job.job_id
+    # The record names the node's copies of the results, not the worker's, now removed.
+    assert again.result["node"] == "node-a"
+    recorded = [Path(entry[3]) for e in again.result["deliveries"].values() for entry in e]
+    recorded += [Path(path) for path in again.result["files"]]
+    node_results = Path(node.config["data_dir"]) / "results" / job.job_id
+    assert recorded
+    assert all(path.parent == node_results and path.is_file() for path in recorded), recorded
     assert_every_instance_delivered_or_quarantined(node.ledger)
     assert_one_seg_and_one_sr_per_series(orthanc, {series_uid})
-    assert worker.fetched_files() == []
+    # The worker removes them once the job is handed over, which may be just after the
+    # node delivered the results.
+    wait_for(lambda: worker.fetched_files() == [], 30, "the fetched series removed")
     assert not (worker.data_dir / "results" / job.job_id).exists()
 
 

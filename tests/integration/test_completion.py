@@ -38,12 +38,14 @@ class Clock:
 class Rig:
     """A completion watcher wired to a real ledger and a real Redis, on a test clock."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, node: str | None = None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.ledger.create_schema()
-        self.recorder = IngestRecorder(self.ledger)
+        self.recorder = IngestRecorder(self.ledger, node=node)
         self.recorder.start()
         self.celery = make_celery(settings)
         self.watcher = CompletionWatcher(
@@ -53,6 +55,7 @@ class Rig:
             router=Router(settings.routes, mode=settings.routing.mode),
             queue=JobQueue(self.celery),
             clock=self.clock,
+            node=node,
         )
 
     def arrive(self, files: list[Path], *, calling_ae: str = "SCANNER") -> None:
@@ -78,7 +81,7 @@ class Rig:
 def make_rig(tmp_path: Path, redis_server: RedisServer) -> Iterator[Any]:
     rigs: list[Rig] = []
 
-    def make(**config: Any) -> Rig:
+    def make(*, node: str | None = None, clock: Clock | None = None, **config: Any) -> Rig:
         raw = {
             "data_dir": str(tmp_path / "data"),
             "broker_url": redis_server.url,
@@ -90,7 +93,7 @@ def make_rig(tmp_path: Path, redis_server: RedisServer) -> Iterator[Any]:
             },
             **config,
         }
-        rig = Rig(validate_settings(raw))
+        rig = Rig(validate_settings(raw), node=node, clock=clock)
         rigs.append(rig)
         return rig
 
@@ -184,6 +187,38 @@ def test_a_study_route_waits_for_the_whole_study(
     assert job.state is JobState.QUEUED
     assert rig.ledger.get_study(study).state is StudyState.ROUTED
     assert rig.ledger.get_series(series_uid(mr)).state is SeriesState.UNROUTED
+
+
+def test_a_study_route_sees_every_series_of_a_study_whose_series_arrived_at_two_nodes(
+    make_rig: Any, dicom_factory: DicomFactory
+) -> None:
+    a = make_rig(routes=[ct_route(trigger="study")], node="node-a")
+    b = make_rig(routes=[ct_route(trigger="study")], node="node-b", clock=a.clock)
+    study = generate_uid()
+    at_a = dicom_factory.series(2, study_uid=study)
+    at_b = dicom_factory.series(2, study_uid=study)
+    a.arrive(at_a)
+    b.arrive(at_b)
+    a.after(10)
+    b.after(0)
+    assert {a.ledger.get_series(series_uid(s)).state for s in (at_a, at_b)} == {
+        SeriesState.WAITING_STUDY
+    }
+
+    a.after(60)  # node A decides the study: it holds only one of its series
+    b.after(0)
+
+    assert a.ledger.get_study(study).state is StudyState.ROUTED
+    for files in (at_a, at_b):
+        [job] = a.ledger.jobs(series_uid=series_uid(files))
+        assert job.state is JobState.QUEUED
+        assert a.ledger.get_series(series_uid(files)).state is SeriesState.ROUTED
+    a.after(1)
+    b.after(0)
+    assert (
+        len(a.ledger.jobs(series_uid=series_uid(at_a)) + a.ledger.jobs(series_uid=series_uid(at_b)))
+        == 2
+    )
 
 
 def test_a_study_completes_as_soon_as_its_conditions_are_met(

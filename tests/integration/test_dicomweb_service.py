@@ -19,7 +19,7 @@ from dicom_node.node import Node
 from monitor.web.server import MonitorServer
 from tests.conftest import DicomFactory
 from tests.support.monitor import call
-from tests.support.peers import LOCALHOST, free_port, storescu, wait_for
+from tests.support.peers import LOCALHOST, Orthanc, free_port, storescu, wait_for
 from tests.support.tls import make_pki
 from workers.dicomweb import DicomWebClient, DicomWebError, ServerUnavailableError
 from workers.fetch import NodeUnavailableError, SeriesFetcher
@@ -340,6 +340,79 @@ def test_results_held_for_review_are_kept_by_the_node_for_an_operators_release(
     assert kept["files"] == [node_copy]
     assert Outbox(ledger).items(job_id=job.job_id) == []
     admin = Principal("alice", "admin", "session")
-    JobActions(ledger).perform("release", job.job_id, admin)
+    assert kept["node"] == "node-a", "the node holding the copies releases them"
+    JobActions(ledger, node="node-b").perform("release", job.job_id, admin)
     items = Outbox(ledger).items(job_id=job.job_id)
-    assert [(i.sop_instance_uid, i.path) for i in items] == [(uid, node_copy)]
+    assert [(i.sop_instance_uid, i.path, i.node) for i in items] == [(uid, node_copy, "node-a")]
+
+
+def test_the_worker_client_retrieves_a_series_from_another_servers_wado_rs_unchanged(
+    dicomweb_orthanc: Orthanc, dicom_factory: DicomFactory, tmp_path: Path
+) -> None:
+    # Orthanc's plugin answers in its own way (part headers, lengths or none): the
+    # client takes either, parts read by their Content-Length or by their boundary.
+    files = dicom_factory.series(4, size=64)
+    sent = storescu(files, LOCALHOST, dicomweb_orthanc.dicom_port, dicomweb_orthanc.aet)
+    assert sent.returncode == 0, sent.stderr
+    first = dcmread(files[0], stop_before_pixels=True)
+    folder = tmp_path / "retrieved"
+    folder.mkdir()
+
+    parts = DicomWebClient(f"{dicomweb_orthanc.url}/dicom-web").retrieve(
+        f"studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}", folder
+    )
+
+    sent_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    got = {str(dcmread(p.path).SOPInstanceUID): p for p in parts}
+    assert set(got) == sent_uids
+    originals = {str(dcmread(f).SOPInstanceUID): dcmread(f) for f in files}
+    for uid, part in got.items():
+        assert part.size == part.path.stat().st_size
+        assert (dcmread(part.path).PixelData) == originals[uid].PixelData
+
+
+def test_parts_without_a_content_length_are_read_by_their_boundary(tmp_path: Path) -> None:
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    objects = [bytes([n]) * (300_000 + n) + b"\r\n--not-the-boundary" for n in range(3)]
+    boundary = "b0undary"
+    body = b"preamble\r\n"
+    for number, data in enumerate(objects):
+        # The first part says its length, as the node does; the others do not.
+        length = f"Content-Length: {len(data)}\r\n" if number == 0 else ""
+        body += (
+            (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n{length}"
+                f"Content-Location: /x/instances/1.2.{number}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode()
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header(
+                "Content-Type",
+                f'multipart/related; type="application/dicom"; boundary={boundary}',
+            )
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOCALHOST, 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = DicomWebClient(f"http://{LOCALHOST}:{server.server_address[1]}/dicomweb")
+        parts = client.retrieve("studies/1/series/2", tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [p.sop_instance_uid for p in parts] == ["1.2.0", "1.2.1", "1.2.2"]
+    assert [p.path.read_bytes() for p in parts] == objects

@@ -210,3 +210,40 @@ def test_nodes_record_where_workers_fetch_what_they_hold(two_nodes: tuple[Ledger
     endpoints = Presence(a).node_endpoints()
     assert endpoints["node-a"].dicomweb_url == "https://a.example.org:8090/dicomweb"
     assert endpoints["node-b"].dicomweb_url is None
+
+
+def test_a_held_result_released_on_another_node_is_delivered_by_the_node_holding_its_files(
+    two_nodes: tuple[Ledger, Ledger], tmp_path: Path
+) -> None:
+    from monitor.actions import JobActions  # noqa: PLC0415
+    from monitor.auth import Principal  # noqa: PLC0415
+
+    a, b = two_nodes
+    b.record_instances([instance(1, at=time.time(), node_path="/b")], node="node-b")
+    job = b.open_job(
+        b.get_series(SERIES), route="r", model_id="m", destinations=["pacs"], priority=5
+    )
+    seg = tmp_path / "node-b" / "results" / job.job_id / "seg.dcm"
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(b"DICM")
+    b.transition(job.job_id, JobState.QUEUED)
+    b.transition(job.job_id, JobState.RUNNING)
+    # As a worker beside node B records a result it holds (workers/execute.py).
+    b.transition(
+        job.job_id,
+        JobState.NEEDS_REVIEW,
+        reason="held for review: test",
+        result={
+            "deliveries": {"pacs": [["seg", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.66.4", str(seg)]]},
+            "files": [str(seg)],
+            "node": "node-b",
+        },
+    )
+    seg.rename(seg.with_suffix(".elsewhere"))  # not on node A's disk, where it is released
+
+    admin = Principal("alice", "admin", "session")
+    JobActions(a, node="node-a").perform("release", job.job_id, admin)
+
+    assert [i.node for i in Outbox(a).items(job_id=job.job_id)] == ["node-b"]
+    assert Outbox(a).due(node="node-a") == []
+    assert [i.path for i in Outbox(b).due(node="node-b")] == [str(seg)]

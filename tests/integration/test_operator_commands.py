@@ -125,7 +125,7 @@ def test_every_command_takes_its_configuration_from_pacs_ai_config(
 
 
 def test_a_short_job_id_names_its_job_and_an_unknown_or_ambiguous_one_is_refused_clearly(
-    config: Path, ledger: Ledger, dicom_factory: DicomFactory
+    config: Path, ledger: Ledger, dicom_factory: DicomFactory, tmp_path: Path
 ) -> None:
     first = make_job(ledger, dicom_factory, destinations=[])
     second = make_job(ledger, dicom_factory, destinations=[])
@@ -142,7 +142,12 @@ def test_a_short_job_id_names_its_job_and_an_unknown_or_ambiguous_one_is_refused
     unique = runner.invoke(main, ["discard", "ABCDEF012", "--reason", "x"])
     unknown = runner.invoke(main, ["resend", "0000aaaa"])
     not_an_id = runner.invoke(main, ["resend", "job-1"])
-    unconfigured = CliRunner(env={"PACS_AI_CONFIG": None}).invoke(main, ["resend", "0000aaaa"])
+    # No configuration: the defaults, with the data directory (and so the default ledger)
+    # in a temp folder rather than /var/lib/pacs-ai.
+    default_data = tmp_path / "default-data"
+    unconfigured = CliRunner(
+        env={"PACS_AI_CONFIG": None, "PACS_AI_DATA_DIR": str(default_data)}
+    ).invoke(main, ["resend", "0000aaaa"])
 
     assert ambiguous.exit_code == 1
     assert "abcdef01 is the start of several job ids: abcdef01111" in ambiguous.output
@@ -151,6 +156,7 @@ def test_a_short_job_id_names_its_job_and_an_unknown_or_ambiguous_one_is_refused
     assert unknown.exit_code == 1 and "no job 0000aaaa in the ledger (sqlite:///" in unknown.output
     assert not_an_id.exit_code == 1 and "'job-1' is not a job id" in not_an_id.output
     assert "PACS_AI_CONFIG is not set, so this is the default ledger" in unconfigured.output
+    assert f"sqlite:///{default_data}" in unconfigured.output
 
 
 def _printed_commands() -> Iterator[tuple[str, str]]:

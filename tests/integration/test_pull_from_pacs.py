@@ -4,6 +4,9 @@ study while it is pulled and once it is."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from core.jobs import JobState, SeriesState
 from core.ledger import Ledger, RetrievalState, StudyPull
@@ -26,10 +30,11 @@ from node_services.retrieve.base import (
     StudyQuery,
     parse_series_filter,
 )
-from node_services.retrieve.retriever import Retriever
+from node_services.retrieve.retriever import STUDY_ATTEMPTS, Retriever
 from pacs_ai.phantom import PhantomSeries, write_chest_ct_series
 from tests.support.node import data_set_bytes
 from tests.support.peers import LOCALHOST, Orthanc, RedisServer, free_port, wait_for
+from tests.support.proxy import StallingProxy
 from tests.support.spooling import instance_record
 
 pytestmark = [pytest.mark.peers]
@@ -62,39 +67,45 @@ class Rig:
 
 
 def settings_for(tmp_path: Path, pacs: Orthanc, node_port: int, **extra: Any) -> Settings:
-    return validate_settings(
-        {
-            "data_dir": str(tmp_path / "data"),
-            "node": {
-                "ae_title": "PACSAI",
+    return validate_settings(config_for(tmp_path, pacs, node_port, **extra))
+
+
+def config_for(
+    tmp_path: Path, pacs: Orthanc, node_port: int, *, dimse_port: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The configuration of :func:`settings_for`; ``dimse_port``: where ``pacs`` is reached
+    (a proxy in front of the PACS), else the PACS's own port."""
+    return {
+        "data_dir": str(tmp_path / "data"),
+        "node": {
+            "ae_title": "PACSAI",
+            "host": LOCALHOST,
+            "port": node_port,
+            "min_free_disk_mb": 0,
+            "receiver_processes": 0,
+        },
+        "destinations": {
+            "pacs": {
                 "host": LOCALHOST,
-                "port": node_port,
-                "min_free_disk_mb": 0,
-                "receiver_processes": 0,
+                "port": dimse_port or pacs.dicom_port,
+                "ae_title": pacs.aet,
+                "query_retrieve": {},
             },
-            "destinations": {
-                "pacs": {
-                    "host": LOCALHOST,
-                    "port": pacs.dicom_port,
-                    "ae_title": pacs.aet,
-                    "query_retrieve": {},
-                },
-                "pacs-move": {
-                    "host": LOCALHOST,
-                    "port": pacs.dicom_port,
-                    "ae_title": pacs.aet,
-                    "query_retrieve": {"retrieve": "move"},
-                },
-                "web": {
-                    "type": "dicomweb",
-                    "url": f"{pacs.url}/dicom-web",
-                    "query_retrieve": {},
-                },
+            "pacs-move": {
+                "host": LOCALHOST,
+                "port": pacs.dicom_port,
+                "ae_title": pacs.aet,
+                "query_retrieve": {"retrieve": "move"},
             },
-            "monitor": {"enabled": False},
-            **extra,
-        }
-    )
+            "web": {
+                "type": "dicomweb",
+                "url": f"{pacs.url}/dicom-web",
+                "query_retrieve": {},
+            },
+        },
+        "monitor": {"enabled": False},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -298,3 +309,118 @@ def test_the_watcher_holds_a_study_being_pulled_and_routes_it_once_pulled(
     finally:
         recorder.stop()
         celery.close()
+
+
+def test_a_run_killed_mid_retrieval_is_ended_as_interrupted_by_the_next_run_which_finishes(
+    rig: Rig,
+) -> None:
+    study = rig.store(7)
+    ledger = rig.ledger
+    # The PACS reached through a proxy that holds the C-GET once part of the series came.
+    with StallingProxy(rig.pacs.dicom_port, stall_after=32 * 1024) as proxy:
+        config = rig.tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(config_for(rig.tmp_path, rig.pacs, rig.node_port, dimse_port=proxy.port))
+        )
+        command = [
+            sys.executable, "-m", "pacs_ai", "run", "--config", str(config), "--from", "pacs",
+            "--study", study.study_instance_uid, "--models", "ct-lungs", "--keep", "--no-wait",
+        ]  # fmt: skip
+        with (rig.tmp_path / "killed.log").open("w") as log:
+            killed = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(proxy.stalled.is_set, 120, "the C-GET under way")
+            [first] = ledger.retrievals()
+            assert first.state == RetrievalState.RUNNING
+            assert ledger.studies_in_retrieval()[0] == {study.study_instance_uid}
+        finally:
+            killed.kill()  # SIGKILL: no handler runs, nothing is written
+            killed.wait()
+        proxy.release()
+        assert ledger.get_retrieval(first.retrieval_id).state == RetrievalState.RUNNING
+
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    old = ledger.get_retrieval(first.retrieval_id)
+    assert old.state == RetrievalState.FAILED
+    assert old.reason == (
+        f"interrupted: its process {socket.gethostname()}:{killed.pid} ended without "
+        "finishing it; a new run pulls it again"
+    )
+    [left] = ledger.retrieval_studies(old.retrieval_id)
+    assert (left.state, left.reason) == (StudyPull.PENDING, "interrupted while being pulled")
+    [second] = [r for r in ledger.retrievals() if r.retrieval_id != old.retrieval_id]
+    assert second.state == RetrievalState.DONE
+    [pulled] = ledger.retrieval_studies(second.retrieval_id)
+    assert (pulled.state, pulled.instance_count) == (StudyPull.RETRIEVED, SLICES)
+    series = ledger.get_series(study.series_instance_uid)
+    assert (series.origin, series.instance_count) == ("retrieved", SLICES)
+    assert ledger.studies_in_retrieval() == (frozenset(), frozenset({study.study_instance_uid}))
+
+
+def test_a_study_that_failed_is_pulled_again_when_its_backfill_resumes(rig: Rig) -> None:
+    study = rig.store(8)
+    ledger = rig.ledger
+    no_room = config_for(rig.tmp_path, rig.pacs, rig.node_port)
+    no_room["node"]["min_free_disk_mb"] = 10**9  # the spool refuses every instance
+    found = Retriever(rig.settings(), ledger).find(
+        "pacs", StudyQuery(study_uid=study.study_instance_uid)
+    )
+    record = Retriever(rig.settings(), ledger).create(
+        kind="backfill",
+        source="pacs",
+        studies=found,
+        series_filter=SeriesFilter(),
+        models=["ct-lungs"],
+        destinations=[],
+        shadow=True,
+        actor="test",
+        key="failed-then-resumed",
+        state=RetrievalState.STOPPED,
+    )
+
+    first = Retriever(validate_settings(no_room), ledger).run(record.retrieval_id)
+    [failed] = ledger.retrieval_studies(record.retrieval_id)
+    resumed = Retriever(rig.settings(), ledger).run(record.retrieval_id)
+
+    assert first.state == RetrievalState.DONE
+    assert failed.state == StudyPull.FAILED
+    assert failed.reason is not None
+    assert failed.reason.startswith(f"attempt 1 of {STUDY_ATTEMPTS}: ")
+    assert resumed.state == RetrievalState.DONE
+    [pulled] = ledger.retrieval_studies(record.retrieval_id)
+    assert (pulled.state, pulled.attempts, pulled.reason, pulled.instance_count) == (
+        StudyPull.RETRIEVED,
+        2,
+        None,
+        SLICES,
+    )
+    assert ledger.get_series(study.series_instance_uid).instance_count == SLICES
+
+
+def test_a_study_is_pulled_at_most_the_bound_of_attempts(rig: Rig) -> None:
+    study = rig.store(9)
+    ledger = rig.ledger
+    no_room = config_for(rig.tmp_path, rig.pacs, rig.node_port)
+    no_room["node"]["min_free_disk_mb"] = 10**9
+    retriever = Retriever(validate_settings(no_room), ledger)
+    record = retriever.create(
+        kind="backfill",
+        source="pacs",
+        studies=retriever.find("pacs", StudyQuery(study_uid=study.study_instance_uid)),
+        series_filter=SeriesFilter(),
+        models=["ct-lungs"],
+        destinations=[],
+        shadow=True,
+        actor="test",
+        state=RetrievalState.STOPPED,
+    )
+
+    for _resume in range(STUDY_ATTEMPTS + 1):
+        retriever.run(record.retrieval_id)
+
+    [failed] = ledger.retrieval_studies(record.retrieval_id)
+    assert (failed.state, failed.attempts) == (StudyPull.FAILED, STUDY_ATTEMPTS)
+    assert failed.reason is not None
+    assert failed.reason.startswith(f"attempt {STUDY_ATTEMPTS} of {STUDY_ATTEMPTS}: ")

@@ -3,11 +3,15 @@ at a time, a stopped one resumable, and progress counted from the jobs."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from core.jobs import InstanceRecord, JobState
 from core.ledger import (
@@ -17,6 +21,10 @@ from core.ledger import (
     RetrievalState,
     StudyPull,
 )
+from core.ledger.retrievals import LEASE_SECONDS
+from core.ledger.schema import retrievals_table
+from core.settings import validate_settings
+from monitor.pulls import Pulls
 from tests.support.databases import KINDS, throwaway_database
 
 pytestmark = pytest.mark.peers
@@ -109,6 +117,102 @@ def test_a_study_stopped_mid_pull_is_pulled_again_from_its_start(ledger: Ledger)
     assert ledger.get_retrieval(record.retrieval_id).state == RetrievalState.STOPPED
 
 
+def run_retrieval(ledger: Ledger, studies: list[str]) -> RetrievalRecord:
+    record = ledger.create_retrieval(
+        kind="run",
+        source="pacs",
+        models=["ct-lungs"],
+        destinations=["pacs"],
+        shadow=False,
+        query={"by": "study"},
+        actor="cli:test",
+    )
+    ledger.add_retrieval_studies(record.retrieval_id, studies)
+    return record
+
+
+def test_a_running_retrieval_whose_lease_lapsed_is_ended_as_interrupted_with_the_reason(
+    ledger: Ledger,
+) -> None:
+    resumable = backfill(ledger, ["1.1", "1.2"])
+    one_off = run_retrieval(ledger, ["2.1"])
+    live = run_retrieval(ledger, ["3.1"])
+    ledger.claim_retrieval(resumable.retrieval_id, "elsewhere:1", stale_after=60)
+    ledger.claim_retrieval(one_off.retrieval_id, "elsewhere:2", stale_after=60)
+    ledger.set_retrieval_study(resumable.retrieval_id, "1.1", StudyPull.RETRIEVING)
+    ledger.set_retrieval_study(one_off.retrieval_id, "2.1", StudyPull.RETRIEVING)
+    with ledger.engine.begin() as conn:  # their processes went silent 61 s ago
+        conn.execute(update(retrievals_table).values(heartbeat_at=time.time() - 61))
+    ledger.claim_retrieval(live.retrieval_id, "elsewhere:3", stale_after=60)
+
+    ended = ledger.interrupt_stale_retrievals(stale_after=60)
+
+    assert {r.retrieval_id: r.state for r in ended} == {
+        resumable.retrieval_id: RetrievalState.STOPPED,
+        one_off.retrieval_id: RetrievalState.FAILED,
+    }
+    stopped = ledger.get_retrieval(resumable.retrieval_id)
+    assert stopped.runner is None
+    assert stopped.reason is not None
+    assert stopped.reason.startswith("interrupted: its process elsewhere:1 stopped renewing")
+    assert stopped.reason.endswith("run again to resume")
+    [interrupted] = ledger.retrieval_studies(resumable.retrieval_id, states=[StudyPull.PENDING])[:1]
+    assert (interrupted.study_uid, interrupted.reason) == ("1.1", "interrupted while being pulled")
+    assert ledger.studies_in_retrieval() == (frozenset(), frozenset())
+    assert ledger.get_retrieval(live.retrieval_id).state == RetrievalState.RUNNING
+    assert not ledger.retrieval_heartbeat(resumable.retrieval_id, "elsewhere:1")
+    assert not ledger.finish_retrieval(
+        resumable.retrieval_id, RetrievalState.DONE, runner="elsewhere:1"
+    )
+    assert ledger.get_retrieval(resumable.retrieval_id).state == RetrievalState.STOPPED
+
+
+def test_a_retrieval_whose_process_on_this_host_ended_is_taken_over_at_once(
+    ledger: Ledger,
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = backfill(ledger, ["1.1"])
+    ledger.claim_retrieval(
+        record.retrieval_id, f"{socket.gethostname()}:{gone.pid}", stale_after=60
+    )
+
+    taken = ledger.claim_retrieval(record.retrieval_id, "elsewhere:9", stale_after=3600)
+
+    assert (taken.state, taken.runner) == (RetrievalState.RUNNING, "elsewhere:9")
+
+
+def test_a_failed_study_is_pulled_again_on_resume_until_the_bound_with_its_reason_kept(
+    ledger: Ledger,
+) -> None:
+    record = backfill(ledger, ["1.1", "1.2"])
+    rid = record.retrieval_id
+
+    def attempt(outcome: StudyPull, reason: str | None = None) -> None:
+        ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=2)
+        for study in ledger.retrieval_studies(rid, states=[StudyPull.PENDING]):
+            ledger.set_retrieval_study(rid, study.study_uid, StudyPull.RETRIEVING)
+            state = outcome if study.study_uid == "1.1" else StudyPull.RETRIEVED
+            ledger.set_retrieval_study(rid, study.study_uid, state, reason=reason)
+        ledger.finish_retrieval(rid, RetrievalState.DONE, runner="elsewhere:1")
+
+    attempt(StudyPull.FAILED, "the PACS refused")
+    ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=2)
+    [again] = ledger.retrieval_studies(rid, states=[StudyPull.PENDING])
+    assert (again.study_uid, again.attempts, again.reason) == ("1.1", 1, "the PACS refused")
+    ledger.finish_retrieval(rid, RetrievalState.STOPPED, runner="elsewhere:1")
+    attempt(StudyPull.FAILED, "refused again")
+    attempt(StudyPull.FAILED, "never")
+
+    studies = {s.study_uid: s for s in ledger.retrieval_studies(rid)}
+    assert (studies["1.1"].state, studies["1.1"].attempts, studies["1.1"].reason) == (
+        StudyPull.FAILED,
+        2,
+        "refused again",
+    )
+    assert (studies["1.2"].state, studies["1.2"].attempts) == (StudyPull.RETRIEVED, 1)
+
+
 def test_a_routed_study_is_processed_once_all_its_jobs_have_ended(ledger: Ledger) -> None:
     record = backfill(ledger, ["1.1", "1.2"])
     for study in ("1.1", "1.2"):
@@ -136,3 +240,20 @@ def test_a_routed_study_is_processed_once_all_its_jobs_have_ended(ledger: Ledger
     assert ledger.retrieval_claim("1.1") is None, "routed: the watcher is done with it"
     assert ledger.get_series("1.1.9").origin == "retrieved"
     assert ledger.get_job(job.job_id).shadow
+
+
+def test_the_dashboard_and_status_never_show_a_retrieval_whose_process_died_as_running(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    record = backfill(ledger, ["1.1"])
+    ledger.claim_retrieval(record.retrieval_id, "elsewhere:1", stale_after=60)
+    with ledger.engine.begin() as conn:  # its process went silent past the lease
+        conn.execute(update(retrievals_table).values(heartbeat_at=time.time() - LEASE_SECONDS - 1))
+
+    [shown] = Pulls(validate_settings({"data_dir": str(tmp_path)}), ledger).recent()
+
+    assert shown.retrieval.state == RetrievalState.STOPPED
+    assert shown.retrieval.reason is not None
+    assert "interrupted: its process elsewhere:1 stopped renewing its lease" in (
+        shown.retrieval.reason
+    )

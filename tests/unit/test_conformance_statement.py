@@ -4,6 +4,7 @@ with the code's own table, and the objects it lists with objects the writers wri
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,15 @@ import pydicom
 import pytest
 
 from core.output_profiles import OutputProfile
-from core.settings import NodeSettings
+from core.settings import DestinationSettings, NodeSettings, validate_settings
 from dicom_node.acceptor import ABSTRACT_SYNTAXES
 from dicom_node.encoding import KNOWN_TRANSFER_SYNTAXES
 from dicom_node.status import Status
 from inference import codes
 from inference.pipeline import Prediction
 from inference.results import WrittenResults, write_results
+from node_services.retrieve import dimse
+from node_services.retrieve.dimse import DimseSource
 from pacs_ai.docs_gen.conformance import statement_page
 from pacs_ai.docs_gen.ihe import air_statement_page
 from tests.support.small_ct import TWO_LUNGS, lung_labels, small_ct
@@ -163,3 +166,51 @@ def test_the_statement_cites_no_page_that_does_not_exist(statement: str) -> None
     docs = Path(__file__).resolve().parents[2] / "docs"
     for target in re.findall(r"\]\(\.\./([a-z-]+\.md)", statement):
         assert (docs / target).is_file() or target == "changelog.md", target
+
+
+def proposed(contexts: Sequence[tuple[str, Sequence[str]]]) -> dict[str, list[str]]:
+    """What an association of the retrieval proposes: abstract syntax -> transfer
+    syntaxes, read from the pynetdicom AE that :mod:`node_services.retrieve.dimse` builds."""
+    settings = validate_settings(
+        {
+            "destinations": {
+                "pacs": {"host": "127.0.0.1", "port": 104, "ae_title": "PACS", "query_retrieve": {}}
+            }
+        }
+    )
+    destination = settings.destinations["pacs"]
+    assert isinstance(destination, DestinationSettings)
+    source = DimseSource("pacs", destination, calling_ae="PACSAI", node_ae="PACSAI")
+    ae = source.requesting_ae(contexts)
+    return {
+        str(c.abstract_syntax): [str(t) for t in c.transfer_syntax] for c in ae.requested_contexts
+    }
+
+
+def test_the_statement_lists_the_query_retrieve_models_the_retrieval_proposes(
+    statement: str,
+) -> None:
+    rows = table_rows(section(statement, "qr-scu-sop-classes"))
+    listed = {(row[0], row[2].strip("`")): row[3] for row in rows}
+
+    wanted = {}
+    for what, model, contexts in (
+        ("C-FIND", dimse.FIND_MODEL, dimse.FIND_CONTEXTS),
+        ("C-GET", dimse.GET_MODEL, dimse.GET_CONTEXTS),
+        ("C-MOVE", dimse.MOVE_MODEL, dimse.MOVE_CONTEXTS),
+    ):
+        syntaxes = proposed(contexts)[model]
+        wanted[(what, model)] = ", ".join(pydicom.uid.UID(ts).name for ts in syntaxes)
+    assert listed == wanted
+
+
+def test_the_statement_lists_every_storage_class_a_c_get_takes_the_scp_role_for(
+    statement: str,
+) -> None:
+    storage = first_column_uids(section(statement, "qr-get-storage-scp"))
+    syntaxes = first_column_uids(section(statement, "qr-get-transfer-syntaxes"))
+
+    get = proposed(dimse.GET_CONTEXTS)
+    del get[dimse.GET_MODEL]
+    assert storage == set(get) == set(dimse.GET_SCP_ROLES)
+    assert all(set(offered) == syntaxes for offered in get.values())

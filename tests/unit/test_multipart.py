@@ -14,12 +14,14 @@ from core.multipart import (
     PartData,
     PartEnd,
     PartStart,
+    PartTooLargeError,
     boundary_of,
     closing,
     content_type,
     new_boundary,
     part_head,
     root_type_of,
+    whole_parts,
 )
 
 
@@ -115,3 +117,66 @@ def test_the_content_type_names_its_boundary_and_root_type() -> None:
     assert boundary_of('multipart/related; type="application/dicom"; boundary="q r"') == "q r"
     with pytest.raises(MultipartError, match="not a multipart body"):
         boundary_of("application/dicom")
+
+
+class Pieces:
+    """A stream that hands out its bytes in the given sizes, as a network does."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data = data
+        self.sizes = sizes or [len(data) or 1]
+        self.reads = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        step = min(self.sizes[self.reads % len(self.sizes)], size)
+        self.reads += 1
+        chunk, self.data = self.data[:step], self.data[step:]
+        return chunk
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.binary(max_size=300), max_size=5),
+    sizes=st.lists(st.integers(min_value=1, max_value=700), max_size=6),
+)
+def test_whole_parts_come_out_byte_for_byte_however_the_stream_is_cut(
+    parts: list[bytes], sizes: list[int]
+) -> None:
+    boundary = new_boundary()
+
+    found = list(whole_parts(Pieces(body_of(parts, boundary), sizes), boundary, max_part=300))
+
+    assert found == parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix_parts=st.lists(st.binary(max_size=200), max_size=3),
+    cut=st.integers(min_value=0, max_value=2000),
+    noise=st.binary(max_size=400),
+    max_part=st.integers(min_value=0, max_value=250),
+)
+def test_any_stream_gives_bounded_parts_or_a_multipart_error_never_a_crash(
+    prefix_parts: list[bytes], cut: int, noise: bytes, max_part: int
+) -> None:
+    boundary = "b0undary"
+    good = body_of(prefix_parts, boundary)
+    stream = Pieces(good[: cut % (len(good) + 1)] + noise, [97])
+
+    try:
+        found = list(whole_parts(stream, boundary, max_part=max_part, read_size=97))
+    except MultipartError:
+        return
+    assert all(len(part) <= max_part for part in found)
+
+
+def test_a_part_larger_than_the_bound_is_refused_as_soon_as_it_passes_it() -> None:
+    boundary = new_boundary()
+    stream = Pieces(body_of([b"a" * 10, b"b" * 5000], boundary), [64])
+
+    found = whole_parts(stream, boundary, max_part=100, read_size=64)
+
+    assert next(found) == b"a" * 10
+    with pytest.raises(PartTooLargeError, match="larger than 100 bytes"):
+        next(found)
+    assert stream.reads < 10, "refused while reading the part, not after it"
