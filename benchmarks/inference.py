@@ -197,7 +197,7 @@ def run_case(
         open_seconds = time.perf_counter() - started
     except BackendUnavailableError as exc:
         return f"{label}: skipped ({exc})"
-    if runner.fallbacks:
+    if runner.backend.name != package.manifest.backends[0].name:
         runner.close()
         return f"{label}: skipped ({runner.fallbacks[0].reason})"
     cached_open: float | None = None

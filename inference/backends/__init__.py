@@ -8,6 +8,7 @@ logged in one line naming what runs and what was skipped and why.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,25 +81,61 @@ def open_backend(
         BackendUnavailableError: none of the listed backends can run here (each reason given).
     """
     skipped: list[Fallback] = []
+    opened = _first_that_opens(package, options, skipped)
+    if opened is None and options.device.startswith("cuda"):
+        # Last resort on a GPU worker: ONNX Runtime's CPU provider, where this onnxruntime
+        # has no GPU provider (the CPU-only package) and the manifest allows the CPU. Only
+        # now, so that a later backend of the list that runs on the GPU always wins.
+        opened = _first_that_opens(
+            package,
+            dataclasses.replace(options, cpu_stands_in=True),
+            [],
+            only=("onnxruntime",),
+        )
+        if opened is not None:
+            backend, spec = opened
+            logger.warning(
+                "model %s runs on %s on the CPU of this GPU worker: no backend of its "
+                "manifest can use the GPU here (%s); pip install onnxruntime-gpu",
+                package.id,
+                backend_label(spec),
+                "; ".join(f"{f.backend}/{f.precision}: {f.reason}" for f in skipped),
+            )
+            return backend, skipped
+    if opened is None:
+        reasons = "; ".join(f"{f.backend}/{f.precision}: {f.reason}" for f in skipped)
+        raise BackendUnavailableError(f"model {package.id}: no backend can run here ({reasons})")
+    backend, spec = opened
+    if skipped:
+        logger.warning(
+            "model %s runs on %s on %s; skipped %s",
+            package.id,
+            backend_label(spec),
+            options.device,
+            "; ".join(f"{f.backend}/{f.precision} ({f.reason})" for f in skipped),
+        )
+    else:
+        logger.info("model %s runs on %s on %s", package.id, backend_label(spec), options.device)
+    return backend, skipped
+
+
+def _first_that_opens(
+    package: ModelPackage,
+    options: BackendOptions,
+    skipped: list[Fallback],
+    *,
+    only: tuple[str, ...] | None = None,
+) -> tuple[Backend, BackendSpec] | None:
+    """The first backend of the manifest (of the names in ``only``) that opens with
+    ``options``; each that does not is added to ``skipped``."""
     for spec in package.manifest.backends:
+        if only is not None and spec.name not in only:
+            continue
         try:
             backend = _FACTORIES[spec.name](package, spec, options)
         except BackendUnavailableError as exc:
             name = f"{spec.name}{'+compile' if spec.compile else ''}"
             skipped.append(Fallback(name, spec.precision, str(exc)))
             continue
-        if skipped:
-            logger.warning(
-                "model %s runs on %s on %s; skipped %s",
-                package.id,
-                backend_label(spec),
-                options.device,
-                "; ".join(f"{f.backend}/{f.precision} ({f.reason})" for f in skipped),
-            )
-        else:
-            logger.info(
-                "model %s runs on %s on %s", package.id, backend_label(spec), options.device
-            )
-        return backend, skipped
-    reasons = "; ".join(f"{f.backend}/{f.precision}: {f.reason}" for f in skipped)
-    raise BackendUnavailableError(f"model {package.id}: no backend can run here ({reasons})")
+        return backend, spec
+    return None

@@ -51,6 +51,9 @@ class BackendOptions:
     allow_build: bool = True
     #: Shapes of the image input, when the manifest fixes them (see ``InputShapes``).
     shapes: InputShapes | None = None
+    #: On a GPU, may ONNX Runtime's CPU provider stand in when this onnxruntime has no GPU
+    #: provider? Only once every backend of the manifest failed (:func:`open_backend`).
+    cpu_stands_in: bool = False
 
 
 @runtime_checkable

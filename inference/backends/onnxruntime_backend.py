@@ -64,16 +64,11 @@ class OnnxRuntimeBackend:
         available = set(ort.get_available_providers())
         chosen = [name for name in wanted if _PROVIDERS[name] in available]
         gpu_providers = [name for name in chosen if name != "cpu"]
-        if on_gpu and not gpu_providers and "cpu" in chosen:
-            # The CPU-only onnxruntime on a GPU worker (`pacs-ai[onnx]` installs it): the
-            # manifest allows the CPU, so the model runs there rather than not at all, and
-            # its results say so (device cpu). Seen on an H200 with onnxruntime 1.30.
-            logger.warning(
-                "model %s: this onnxruntime has no GPU execution provider (%s); it runs on "
-                "the CPU of this GPU worker: pip install onnxruntime-gpu",
-                package.id,
-                ", ".join(sorted(available)),
-            )
+        if on_gpu and not gpu_providers and "cpu" in chosen and options.cpu_stands_in:
+            # The CPU-only onnxruntime on a GPU worker (`pacs-ai[onnx]` installs it), and no
+            # backend of the manifest could run on the GPU: the manifest allows the CPU, so
+            # the model runs there rather than not at all, and its results say so (device
+            # cpu). Seen on an H200 with onnxruntime 1.30.
             on_gpu = False
         elif on_gpu and not gpu_providers:
             raise BackendUnavailableError(

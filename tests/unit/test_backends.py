@@ -148,3 +148,24 @@ def test_onnx_runtime_runs_the_fp16_graph_when_asked(weights: Path) -> None:
 
     assert backend.precision == "fp16"
     assert out.dtype == torch.float32 and out.shape == (1, 2, 32, 32, 32)
+
+
+def test_on_a_gpu_worker_the_cpu_provider_stands_in_only_when_nothing_can_use_the_gpu(
+    weights: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if torch.cuda.is_available() or "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("needs a machine where neither torch nor onnxruntime can use a GPU")
+    package = _package(weights, [{"name": "onnxruntime"}, {"name": "torch"}])
+
+    with caplog.at_level(logging.INFO, logger="inference.backends"):
+        backend, fallbacks = open_backend(package, options=BackendOptions(device="cuda:0"))
+
+    assert (backend.name, backend.device) == ("onnxruntime", "cpu")
+    # Both were tried on the GPU first, in the manifest's order, and are recorded.
+    assert [f.backend for f in fallbacks] == ["onnxruntime", "torch"]
+    assert "install onnxruntime-gpu" in fallbacks[0].reason
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "on the CPU of this GPU worker" in line and "pip install onnxruntime-gpu" in line
+    only_gpu = _package(weights, [{"name": "onnxruntime", "execution_providers": ["cuda"]}])
+    with pytest.raises(BackendUnavailableError, match="no backend can run here"):
+        open_backend(only_gpu, options=BackendOptions(device="cuda:0"))
