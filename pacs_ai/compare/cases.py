@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from core.jobs import JobRecord
 from pacs_ai.compare.masks import SegMasks, SourceGrid
@@ -93,7 +94,10 @@ def result_seg_path(job: JobRecord) -> Path | None:
     for path in result.get("files") or []:
         candidate = Path(path)
         if candidate.suffix == ".dcm" and candidate.is_file():
-            header = dcmread(candidate, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            try:
+                header = dcmread(candidate, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            except (InvalidDicomError, OSError, EOFError):
+                continue  # not a SEG we can read: the case says the job kept none
             if str(header.get("SOPClassUID", "")) == SEG_STORAGE:
                 return candidate
     return None

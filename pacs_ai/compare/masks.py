@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import pixel_array
 
 from core.errors import PacsAiError
 from pacs_ai.compare.metrics import Mask, Spacing
@@ -29,6 +31,26 @@ from pacs_ai.compare.metrics import Mask, Spacing
 
 class SegReadError(PacsAiError):
     """A SEG or its source series cannot be put on one grid (the message says why)."""
+
+
+#: What pydicom raises on a file that is not DICOM, is cut short or cannot be opened.
+_UNREADABLE = (InvalidDicomError, OSError, EOFError)
+#: What reading a data set raises when an attribute it needs is missing or malformed.
+_MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+#: What decoding pixel data raises (a transfer syntax with no decoder installed, ...).
+_UNDECODABLE = (*_MALFORMED, NotImplementedError, RuntimeError)
+
+
+def read_dicom(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """A DICOM file, read.
+
+    Raises:
+        SegReadError: it is not DICOM, is cut short or cannot be opened.
+    """
+    try:
+        return dcmread(path, stop_before_pixels=stop_before_pixels)
+    except _UNREADABLE as exc:
+        raise SegReadError(f"{Path(path).name}: not a readable DICOM file ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +70,20 @@ class SourceGrid:
         """The grid of a series from its instances' headers.
 
         Raises:
-            SegReadError: no instances, no geometry, or slices of different sizes.
+            SegReadError: an unreadable file, no instances, no geometry, or slices of
+                different sizes.
         """
-        headers = [dcmread(path, stop_before_pixels=True) for path in paths]
+        headers = [read_dicom(path, stop_before_pixels=True) for path in paths]
         headers = [h for h in headers if "ImagePositionPatient" in h and "Rows" in h]
         if not headers:
             raise SegReadError("the source series has no image with a position")
+        try:
+            return cls._from_headers(headers)
+        except _MALFORMED as exc:
+            raise SegReadError(f"the source series has no usable geometry: {exc!r}") from exc
+
+    @classmethod
+    def _from_headers(cls, headers: list[Dataset]) -> SourceGrid:
         orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
         normal = np.cross(orientation[:3], orientation[3:])
         at = [float(np.dot(normal, [float(v) for v in h.ImagePositionPatient])) for h in headers]
@@ -114,16 +144,28 @@ class SegMasks:
 def read_seg(seg: Dataset, grid: SourceGrid) -> SegMasks:
     """The segments of ``seg`` (a full data set, pixel data included) on ``grid``.
 
+    The decoded frames are not kept on ``seg`` (``seg.pixel_array`` would cache them: 8
+    times the stored size of a BINARY SEG).
+
     Raises:
-        SegReadError: its frames have another size than the source slices.
+        SegReadError: its frames have another size than the source slices, or it lacks
+            or garbles what a SEG needs (Segment Sequence, per-frame groups, pixel data).
     """
+    uid = str(seg.get("SOPInstanceUID", "(no SOP Instance UID)"))
+    try:
+        return _read_seg(seg, grid)
+    except _UNDECODABLE as exc:
+        raise SegReadError(f"SEG {uid} cannot be read: {exc!r}") from exc
+
+
+def _read_seg(seg: Dataset, grid: SourceGrid) -> SegMasks:
     rows, columns = int(seg.Rows), int(seg.Columns)
     if (rows, columns) != grid.shape[1:]:
         raise SegReadError(
             f"SEG {seg.SOPInstanceUID} frames are {rows}x{columns}, the source slices "
             f"{grid.shape[1]}x{grid.shape[2]}: not on the same grid"
         )
-    pixels = np.asarray(seg.pixel_array)
+    pixels = np.asarray(pixel_array(seg))
     if pixels.ndim == 2:
         pixels = pixels[None]
     threshold = 1

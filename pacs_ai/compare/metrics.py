@@ -8,9 +8,11 @@ by zero:
 * one empty: Dice 0.0, and the Hausdorff distance is undefined (``None``: there is no
   surface to measure from).
 
-Hausdorff 95 is the larger of the two directed 95th percentiles of the distances from
-one mask's surface voxels to the other's surface (as MedPy's ``hd95``), the distances
-taken by a Euclidean distance transform that respects the voxel spacing.
+Hausdorff 95 is MedPy's ``hd95``: the 95th percentile of the surface distances of both
+directions pooled (each surface voxel of A to B's surface, and each of B's to A's), the
+distances taken by a Euclidean distance transform that respects the voxel spacing. Pooled,
+an error on one side only (a small extra blob in B) weighs by its share of both surfaces,
+not of one.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def hausdorff95(a: Mask, b: Mask, spacing: Spacing) -> float | None:
         return None
     to_b = _distances(a_surface, b_surface, spacing)
     to_a = _distances(b_surface, a_surface, spacing)
-    return float(max(np.percentile(to_b, 95), np.percentile(to_a, 95)))
+    return float(np.percentile(np.hstack((to_b, to_a)), 95))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,15 @@ class ReferenceUnavailableError(PacsAiError):
 
 
 class _MemorySink:
-    """Retrieved instances kept as data sets in memory (a SEG is small)."""
+    """Retrieved SEGs that pacs-ai did not make, kept as data sets in memory; any other
+    instance is dropped as it comes."""
 
     def __init__(self) -> None:
         self.datasets: list[Dataset] = []
+
+    def _keep(self, dataset: Dataset) -> None:
+        if str(dataset.get("Modality", "")) == "SEG" and not is_ours(dataset):
+            self.datasets.append(dataset)
 
     def store(
         self,
@@ -57,14 +62,19 @@ class _MemorySink:
         meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
         meta.TransferSyntaxUID = syntax
         dataset.file_meta = meta
-        self.datasets.append(dataset)
+        self._keep(dataset)
 
     def store_file(self, part10: bytes | memoryview) -> None:
-        self.datasets.append(dcmread(BytesIO(bytes(part10))))
+        self._keep(dcmread(BytesIO(bytes(part10))))
 
 
 class ReferenceSegs:
-    """Finds and retrieves the reference SEGs of series in one PACS (cached per study)."""
+    """Finds and retrieves the reference SEGs of series in one PACS.
+
+    Only the last study asked for is kept, and of it only the SEGs that are not ours:
+    ask for the series of one study together (the jobs grouped by study), or a study is
+    retrieved again.
+    """
 
     def __init__(self, settings: Settings, destination: str) -> None:
         from node_services.retrieve.sources import make_source  # noqa: PLC0415
@@ -75,7 +85,9 @@ class ReferenceSegs:
                 f"destinations.{destination}.query_retrieve retrieves by C-MOVE, which sends "
                 "to the node: compare needs C-GET (retrieve: get) or a DICOMweb destination"
             )
-        self._studies: dict[str, list[Dataset]] = {}
+        #: The study whose SEGs are held, and its SEGs that are not ours.
+        self.cached_study: str | None = None
+        self._segs_of_study: list[Dataset] = []
 
     def for_series(self, study_uid: str, series_uid: str) -> list[Dataset]:
         """The SEGs of ``study_uid`` that reference ``series_uid`` and are not ours.
@@ -83,28 +95,29 @@ class ReferenceSegs:
         Raises:
             QueryError, SourceUnavailableError: the PACS refused or cannot be reached.
         """
-        return [
-            seg
-            for seg in self._segs(study_uid)
-            if series_uid in _referenced_series(seg) and not is_ours(seg)
-        ]
+        return [seg for seg in self._segs(study_uid) if series_uid in _referenced_series(seg)]
 
     def _segs(self, study_uid: str) -> list[Dataset]:
-        if study_uid not in self._studies:
+        if study_uid != self.cached_study:
+            # The previous study's SEGs go before this one's come.
+            self.cached_study, self._segs_of_study = None, []
             sink = _MemorySink()
             for series in self.source.find_series(study_uid):
                 if series.modality == "SEG":
                     self.source.retrieve_series(study_uid, series.series_uid, sink)
-            self._studies[study_uid] = [
-                ds for ds in sink.datasets if str(ds.get("Modality", "")) == "SEG"
-            ]
+            self.cached_study, self._segs_of_study = study_uid, sink.datasets
             logger.info(
-                "study %s: %d SEG object(s) in %s",
+                "study %s: %d SEG object(s) not made by pacs-ai in %s",
                 study_uid,
-                len(self._studies[study_uid]),
+                len(self._segs_of_study),
                 self.source.name,
             )
-        return self._studies[study_uid]
+        return self._segs_of_study
+
+    @property
+    def cached_segs(self) -> int:
+        """How many SEGs are held (of :attr:`cached_study`)."""
+        return len(self._segs_of_study)
 
 
 def is_ours(dataset: Dataset) -> bool:

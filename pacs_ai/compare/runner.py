@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from core.errors import ConfigError
@@ -26,7 +25,7 @@ from pacs_ai.compare.cases import (
     probabilities,
     result_seg_path,
 )
-from pacs_ai.compare.masks import SegReadError, SourceGrid, read_seg
+from pacs_ai.compare.masks import SegReadError, SourceGrid, read_dicom, read_seg
 from pacs_ai.compare.metrics import class_agreement
 from pacs_ai.compare.report import summarize
 
@@ -35,6 +34,9 @@ Against = Callable[[JobRecord, SourceGrid | None], list[Case]]
 
 
 def run_cases(ledger: Ledger, jobs: list[JobRecord], compare_one: Against) -> list[Case]:
+    """The cases of ``jobs``, taken study by study (the reference SEGs of one study are
+    held at a time); a series that cannot be compared is a case with its problem."""
+    jobs = by_study(jobs)
     cases: list[Case] = []
     begun = time.monotonic()
     for number, job in enumerate(jobs, start=1):
@@ -51,6 +53,11 @@ def run_cases(ledger: Ledger, jobs: list[JobRecord], compare_one: Against) -> li
     return cases
 
 
+def by_study(jobs: list[JobRecord]) -> list[JobRecord]:
+    """``jobs`` grouped by study, in their order within each study."""
+    return sorted(jobs, key=lambda job: job.study_instance_uid)
+
+
 def _grid(ledger: Ledger, job: JobRecord) -> tuple[SourceGrid | None, str | None]:
     """The source series' grid (None for a classification: films are compared by UID)."""
     if probabilities(job):
@@ -60,6 +67,11 @@ def _grid(ledger: Ledger, job: JobRecord) -> tuple[SourceGrid | None, str | None
     if not present:
         return None, (
             f"the source instances are no longer in the node's spool ({len(paths)} recorded)"
+        )
+    if len(present) < len(paths):
+        # The grid of the slices present would be squashed along z: the masks would not fit.
+        return None, (
+            f"source series incomplete on this node: {len(present)} of {len(paths)} files"
         )
     try:
         return SourceGrid.read(present), None
@@ -80,7 +92,11 @@ def with_model(others: list[JobRecord], other_model: str) -> Against:
         if theirs is None or not theirs.is_file():
             return [_case(job, f"model {other_model}'s job {other.job_id[:8]} kept no SEG",
                           other.job_id)]  # fmt: skip
-        return [_segmentation(job, grid, dcmread(theirs), other.job_id)]
+        try:
+            their_seg = read_dicom(theirs)
+        except SegReadError as exc:
+            return [_case(job, f"model {other_model}'s SEG: {exc}", other.job_id)]
+        return [_segmentation(job, grid, their_seg, other.job_id)]
 
     return compare_one
 
@@ -113,7 +129,7 @@ def _segmentation(job: JobRecord, grid: SourceGrid, other: Dataset, other_id: st
     if ours is None or not ours.is_file():
         return _case(job, "the job kept no SEG (results removed, or none written)", other_id)
     try:
-        a = read_seg(dcmread(ours), grid)
+        a = read_seg(read_dicom(ours), grid)
         b = read_seg(other, grid)
     except SegReadError as exc:
         return _case(job, str(exc), other_id)

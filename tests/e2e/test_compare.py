@@ -112,8 +112,9 @@ def test_compare_of_ct_lungs_with_the_dcmqi_reference_seg_in_the_pacs_reports_di
     assert float(union["volume_a_ml"]) == pytest.approx(
         job.result["measurements_ml"]["total"], rel=0.001
     )
-    # dcmqi's mask keeps the trachea and main bronchi, which ct-lungs drops: a centimetre.
-    assert 0.0 < float(union["hd95_mm"]) < 15.0
+    # dcmqi's mask keeps the trachea and main bronchi, which ct-lungs drops: a centimetre
+    # from ct-lungs' surface, but a small share of both surfaces pooled (3.3 mm).
+    assert 2.0 < float(union["hd95_mm"]) < 5.0
     assert "no Segmented Property Type in common" in union["pairing"]
     assert re.search(r"union Dice: median 0\.9[89]\d, lowest", compared.stdout)
     assert "report: " in compared.stdout and "[1/1] series" in compared.stderr

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from core.jobs import InstanceRecord, JobRecord, JobState, SeriesState
 from core.ledger import Ledger
 from core.settings import load_settings
+from pacs_ai.compare.masks import SegReadError, SourceGrid, read_seg
 from pacs_ai.phantom import PhantomSeries, write_chest_ct_series
 
 #: Segment codes (SNOMED CT) both models use: segments pair by them.
@@ -228,3 +229,84 @@ def test_a_model_without_finished_jobs_is_refused_with_a_runnable_hint(
         "no finished job of model nothing-here in the ledger; `pacs-ai status` lists the jobs"
         in ran.stderr
     )
+
+
+def test_a_series_missing_files_on_this_node_is_not_compared_and_the_case_says_so(
+    config: Path, ledger: Ledger, phantom: PhantomSeries, tmp_path: Path
+) -> None:
+    record_series(ledger, phantom)
+    finished(ledger, phantom.series_instance_uid, "lungs-v2",
+             seg_result(write_seg(phantom, phantom.labels, tmp_path / "a.dcm", "v2")))  # fmt: skip
+    finished(ledger, phantom.series_instance_uid, "lungs-v1",
+             seg_result(write_seg(phantom, phantom.labels, tmp_path / "b.dcm", "v1")))  # fmt: skip
+    phantom.paths[7].unlink()
+
+    ran = compare(config, tmp_path / "out", "--model", "lungs-v2", "--with", "lungs-v1")
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    [row] = rows(tmp_path / "out")
+    assert (row["kind"], row["dice"]) == ("none", "")
+    assert row["problem"] == "source series incomplete on this node: 19 of 20 files"
+
+
+def test_an_unreadable_seg_is_its_cases_problem_and_the_other_series_are_compared(
+    config: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    good, garbled, segless = (
+        write_chest_ct_series(tmp_path / "spool" / f"ct-{seed}", slices=20, size=64, seed=seed)
+        for seed in (3, 4, 5)
+    )
+    for number, series in enumerate((good, garbled, segless)):
+        record_series(ledger, series)
+        mine = write_seg(series, series.labels, tmp_path / f"a-{number}.dcm", "v2")
+        finished(ledger, series.series_instance_uid, "lungs-v2", seg_result(mine))
+    finished(ledger, good.series_instance_uid, "lungs-v1",
+             seg_result(write_seg(good, good.labels, tmp_path / "b-good.dcm", "v1")))  # fmt: skip
+    not_dicom = tmp_path / "b-garbled.dcm"
+    not_dicom.write_bytes(b"this is no DICOM file" * 50)
+    delivered = ["seg", "1.2.3", "1.2.840.10008.5.1.4.1.1.66.4", str(not_dicom)]
+    finished(ledger, garbled.series_instance_uid, "lungs-v1",
+             {"files": [str(not_dicom)], "deliveries": {"pacs": [delivered]}})  # fmt: skip
+    no_segments = write_seg(segless, segless.labels, tmp_path / "b-segless.dcm", "v1")
+    without = dcmread(no_segments)
+    del without.SegmentSequence
+    without.save_as(no_segments)
+    finished(ledger, segless.series_instance_uid, "lungs-v1", seg_result(no_segments))
+
+    ran = compare(config, tmp_path / "out", "--model", "lungs-v2", "--with", "lungs-v1")
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    found = {r["series_uid"]: r for r in rows(tmp_path / "out") if r["kind"] != "segment"}
+    assert set(found) == {garbled.series_instance_uid, segless.series_instance_uid}
+    assert found[garbled.series_instance_uid]["problem"].startswith(
+        "model lungs-v1's SEG: b-garbled.dcm: not a readable DICOM file"
+    )
+    assert "cannot be read" in found[segless.series_instance_uid]["problem"]
+    assert "SegmentSequence" in found[segless.series_instance_uid]["problem"]
+    [union] = [r for r in rows(tmp_path / "out") if r["name"] == "all segments (union)"]
+    assert (union["series_uid"], float(union["dice"])) == (good.series_instance_uid, 1.0)
+    assert "2 case(s) not compared: see the report" in ran.stdout
+
+
+def test_reading_a_seg_keeps_no_decoded_pixels_on_its_data_set(
+    phantom: PhantomSeries, tmp_path: Path
+) -> None:
+    seg = dcmread(write_seg(phantom, phantom.labels, tmp_path / "a.dcm", "v2"))
+    grid = SourceGrid.read(phantom.paths)
+
+    masks = read_seg(seg, grid)
+
+    assert sum(int(s.mask.sum()) for s in masks.segments) == int((phantom.labels > 0).sum())
+    assert seg._pixel_array is None, "pydicom's cache of the decoded frames is left empty"
+
+
+def test_a_source_series_without_pixel_spacing_is_refused_with_a_reason(
+    phantom: PhantomSeries,
+) -> None:
+    for path in phantom.paths:
+        header = dcmread(path)
+        del header.PixelSpacing
+        header.save_as(path)
+
+    with pytest.raises(SegReadError, match=r"no usable geometry.*PixelSpacing"):
+        SourceGrid.read(phantom.paths)

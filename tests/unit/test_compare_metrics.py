@@ -51,6 +51,23 @@ def test_hausdorff95_respects_the_voxel_spacing_of_the_shifted_axis() -> None:
     assert hausdorff95(a, along_x, spacing) == pytest.approx(2.1)
 
 
+def test_hausdorff95_pools_both_directions_so_a_one_sided_blob_weighs_by_its_share() -> None:
+    a = cube()  # 12**3 voxels: 12**3 - 10**3 = 728 on its surface
+    b = a.copy()
+    # A flat 7 x 11 patch in B only, 11 voxels beyond A's face x = 16: each of its 77
+    # voxels is 11 mm from A's surface; every surface voxel of A is on B's surface (0 mm).
+    b[5:12, 5:16, 27] = True
+    a_to_b = np.zeros(728)
+    b_to_a = np.hstack((np.zeros(728), np.full(77, 11.0)))
+    pooled = np.percentile(np.hstack((a_to_b, b_to_a)), 95)
+    # 1533 distances, the 95th percentile at rank 1532 * 0.95 = 1455.4: between the last
+    # zero (rank 1455) and the first 11 (rank 1456), 0.4 of the way.
+    assert pooled == pytest.approx(4.4)
+    assert np.percentile(b_to_a, 95) == 11.0, "the larger directed percentile, not pooled"
+    assert hausdorff95(a, b, (1.0, 1.0, 1.0)) == pytest.approx(4.4)
+    assert hausdorff95(b, a, (1.0, 1.0, 1.0)) == pytest.approx(4.4)
+
+
 def test_hausdorff95_of_identical_masks_is_zero() -> None:
     assert hausdorff95(cube(), cube(), (1.0, 1.0, 1.0)) == 0.0
 
