@@ -9,12 +9,17 @@ passed the filter). The watcher completes the series of a RETRIEVED study at onc
 those of a RETRIEVING one (a partial series never runs), and opens jobs for the
 retrieval's models instead of the routing rules when it names any (:meth:`claim`).
 
-A retrieval is RUNNING only while its process (its ``runner``, ``host:pid``) renews its
-lease (``heartbeat_at``). A process killed without a word leaves it RUNNING: whoever looks
-next (a run or backfill starting, the node's retrieval service, the dashboard) finds it
-stale, its lease older than ``stale_after`` or its process gone from this host, and ends
-it with the reason (:meth:`RetrievalLedger.interrupt_stale_retrievals`): a backfill or a
-dashboard run STOPPED, to be resumed; a ``pacs-ai run`` FAILED, as nothing resumes it.
+A retrieval is RUNNING only while its process (its ``runner``: :func:`runner_name`) renews
+its lease (``heartbeat_at``). A process killed without a word leaves it RUNNING: whoever
+looks next (a run or backfill starting, the node's retrieval service, the dashboard) finds
+it stale, its lease older than ``stale_after`` or its process gone (:func:`runner_gone`),
+and ends it with the reason (:meth:`RetrievalLedger.interrupt_stale_retrievals`): a
+backfill or a dashboard run STOPPED, to be resumed; a ``pacs-ai run`` FAILED, as nothing
+resumes it. A study's progress is written only while its retrieval's runner holds it
+(:meth:`RetrievalLedger.set_retrieval_study` with ``runner``).
+
+Writers lock a retrieval's row before its studies' rows (PostgreSQL), so that two of them
+never wait on each other.
 
 Nothing here names a patient: no Patient ID, name or accession number is stored. A
 backfill's query is kept as far as it names none (a date range, modalities), so that it
@@ -31,6 +36,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
@@ -95,20 +101,44 @@ FINISHED_STUDIES = frozenset(
 )
 
 
-def runner_name() -> str:
-    """This process, as a retrieval's runner: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+_PID_NAMESPACE = "pidns-"
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (its inode), ``None`` where it cannot be known."""
+    try:
+        return f"{_PID_NAMESPACE}{Path('/proc/self/ns/pid').stat().st_ino}"
+    except OSError:
+        return None
+
+
+def runner_name(pid: int | None = None) -> str:
+    """This process (or process ``pid`` of its PID namespace), as a retrieval's runner:
+    ``host:pidns-INODE:pid``, or ``host:pid`` where the PID namespace cannot be known.
+
+    Containers with host networking share the host name, not the process ids: the PID
+    namespace tells whether a pid can be looked up here (:func:`runner_gone`).
+    """
+    namespace = _pid_namespace()
+    where = f"{socket.gethostname()}:{namespace}" if namespace else socket.gethostname()
+    return f"{where}:{os.getpid() if pid is None else pid}"
 
 
 def runner_gone(runner: str | None) -> bool:
-    """Whether ``runner`` names a process of this host that no longer exists.
+    """Whether ``runner`` names a process of this host and PID namespace that no longer
+    exists.
 
-    Only this host's processes can be looked at; one of another host is never "gone"
-    here (its lease tells). A pid taken again by another process reads as alive: the
-    lease then decides, later.
+    Only such processes can be looked at. One of another host, or of another PID
+    namespace (a container with host networking has the host's name), is never "gone"
+    here: its lease tells. Nor is one whose namespace is not known (``host:pid``, from
+    before runners named it, or from a system without ``/proc``): the lease tells,
+    within :data:`LEASE_SECONDS`. A pid taken again by another process reads as alive:
+    the lease then decides, later.
     """
-    host, _, pid = (runner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    where, _, pid = (runner or "").rpartition(":")
+    host, _, namespace = where.rpartition(":")
+    here = _pid_namespace()
+    if here is None or (host, namespace) != (socket.gethostname(), here) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -181,7 +211,7 @@ class RetrievalStudy:
     started_at: float | None
     retrieved_at: float | None
     updated_at: float
-    #: How many times it has been pulled (started).
+    #: How many times its pull has FAILED (stopped or interrupted pulls do not count).
     attempts: int = 0
 
 
@@ -341,11 +371,11 @@ class RetrievalLedger(LedgerBase):
     ) -> RetrievalRecord:
         """Make ``runner`` the process running the retrieval (RUNNING), in one transaction:
         one QUEUED, STOPPED or FAILED, or RUNNING with a runner that is gone (silent for
-        ``stale_after`` seconds, or a process of this host that no longer exists). A DONE
-        one runs again (studies left PENDING only).
+        ``stale_after`` seconds, or :func:`runner_gone`). A DONE one runs again (studies
+        left PENDING only).
 
-        Its FAILED studies pulled fewer than ``max_attempts`` times are PENDING again
-        (their reason kept until the next attempt ends); the others stay FAILED.
+        Its FAILED studies that failed fewer than ``max_attempts`` times are PENDING
+        again (their reason kept until the next attempt ends); the others stay FAILED.
 
         Raises:
             UnknownRetrievalError: no such retrieval.
@@ -403,25 +433,47 @@ class RetrievalLedger(LedgerBase):
         """End the RUNNING retrievals whose process is gone (see :meth:`claim_retrieval`),
         with the reason: a ``run`` FAILED (nothing resumes it), a backfill or a dashboard
         run STOPPED (running it again resumes it). What they were pulling is PENDING again.
-        Returns them as they ended."""
+        Returns them as they ended.
+
+        Nothing is locked to look (the dashboard and ``pacs-ai status`` call this on each
+        refresh); each stale one is then ended in a transaction of its own, retrieval
+        row first, only if its runner is still the one seen and has not renewed its
+        lease since.
+        """
         now = time.time() if now is None else now
         ended: list[str] = []
-        with self._engine.begin() as conn:
+        with self._engine.connect() as conn:
             rows = conn.execute(
-                select(retrievals_table)
+                select(
+                    retrievals_table.c.retrieval_id,
+                    retrievals_table.c.kind,
+                    retrievals_table.c.runner,
+                    retrievals_table.c.heartbeat_at,
+                )
                 .where(retrievals_table.c.state == RetrievalState.RUNNING.value)
-                .with_for_update()
+                .order_by(retrievals_table.c.retrieval_id)
             ).all()
-            for row in rows:
-                why = _lost_runner(row.runner, row.heartbeat_at, now=now, stale_after=stale_after)
-                if why is None:
-                    continue
-                resumable = row.kind != RUN_ROUTE
-                state = RetrievalState.STOPPED if resumable else RetrievalState.FAILED
-                then = "; run again to resume" if resumable else "; a new run pulls it again"
-                conn.execute(
+        for row in rows:
+            why = _lost_runner(row.runner, row.heartbeat_at, now=now, stale_after=stale_after)
+            if why is None:
+                continue
+            resumable = row.kind != RUN_ROUTE
+            state = RetrievalState.STOPPED if resumable else RetrievalState.FAILED
+            then = "; run again to resume" if resumable else "; a new run pulls it again"
+            seen = retrievals_table.c
+            with self._engine.begin() as conn:
+                taken = conn.execute(
                     update(retrievals_table)
-                    .where(retrievals_table.c.retrieval_id == row.retrieval_id)
+                    .where(seen.retrieval_id == row.retrieval_id)
+                    .where(seen.state == RetrievalState.RUNNING.value)
+                    .where(
+                        seen.runner.is_(None) if row.runner is None else seen.runner == row.runner
+                    )
+                    .where(
+                        seen.heartbeat_at.is_(None)
+                        if row.heartbeat_at is None
+                        else seen.heartbeat_at <= row.heartbeat_at
+                    )
                     .values(
                         state=state.value,
                         reason=f"interrupted: {why}{then}",
@@ -429,7 +481,9 @@ class RetrievalLedger(LedgerBase):
                         updated_at=now,
                         finished_at=None if resumable else now,
                     )
-                )
+                ).rowcount
+                if not taken:
+                    continue  # renewed, ended or taken meanwhile
                 conn.execute(
                     update(retrieval_studies_table)
                     .where(retrieval_studies_table.c.retrieval_id == row.retrieval_id)
@@ -440,7 +494,7 @@ class RetrievalLedger(LedgerBase):
                         updated_at=now,
                     )
                 )
-                ended.append(row.retrieval_id)
+            ended.append(row.retrieval_id)
         return [self.get_retrieval(retrieval_id) for retrieval_id in ended]
 
     def retrieval_heartbeat(self, retrieval_id: str, runner: str) -> bool:
@@ -516,15 +570,23 @@ class RetrievalLedger(LedgerBase):
         reason: str | None = None,
         series_count: int | None = None,
         instance_count: int | None = None,
-    ) -> None:
+        runner: str | None = None,
+    ) -> bool:
+        """Record how far a study got. FAILED counts a failure more (``attempts``); a
+        study starting again (RETRIEVING) keeps the reason of its last failure until
+        this pull ends.
+
+        With ``runner``, only while that process runs the retrieval (RUNNING): False,
+        and nothing written, when it no longer does (another process took it over).
+        """
         now = time.time()
         values: dict[str, Any] = {"state": state.value, "updated_at": now}
         if state == StudyPull.RETRIEVING:
-            # An attempt more; the reason of the one before stays until this one ends.
             values["started_at"] = now
-            values["attempts"] = retrieval_studies_table.c.attempts + 1
         else:
             values["reason"] = reason
+        if state == StudyPull.FAILED:
+            values["attempts"] = retrieval_studies_table.c.attempts + 1
         if state == StudyPull.RETRIEVED:
             values["retrieved_at"] = now
         if series_count is not None:
@@ -532,17 +594,23 @@ class RetrievalLedger(LedgerBase):
         if instance_count is not None:
             values["instance_count"] = instance_count
         with self._engine.begin() as conn:
+            # The retrieval's row first (locked until the end), as every writer does.
+            touched = update(retrievals_table).where(
+                retrievals_table.c.retrieval_id == retrieval_id
+            )
+            if runner is not None:
+                touched = touched.where(retrievals_table.c.runner == runner).where(
+                    retrievals_table.c.state == RetrievalState.RUNNING.value
+                )
+            if not conn.execute(touched.values(updated_at=now)).rowcount and runner is not None:
+                return False
             conn.execute(
                 update(retrieval_studies_table)
                 .where(retrieval_studies_table.c.retrieval_id == retrieval_id)
                 .where(retrieval_studies_table.c.study_uid == study_uid)
                 .values(**values)
             )
-            conn.execute(
-                update(retrievals_table)
-                .where(retrievals_table.c.retrieval_id == retrieval_id)
-                .values(updated_at=now)
-            )
+        return True
 
     # -- for the completion watcher ---------------------------------------------------
 

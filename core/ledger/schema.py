@@ -360,9 +360,9 @@ retrieval_studies_table = Table(
     Column("reason", Text),
     Column("series_count", Integer, nullable=False, default=0),
     Column("instance_count", Integer, nullable=False, default=0),
-    #: How many times it has been pulled (started); a FAILED study is pulled again when
-    #: its retrieval resumes, while this is below the bound (``node_services.retrieve.
-    #: retriever.STUDY_ATTEMPTS``).
+    #: How many times its pull has FAILED (a pull stopped or interrupted is no failure);
+    #: a FAILED study is pulled again when its retrieval resumes, while this is below the
+    #: bound (``node_services.retrieve.retriever.STUDY_ATTEMPTS``).
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
     Column("started_at", Float),
     Column("retrieved_at", Float),

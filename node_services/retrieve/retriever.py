@@ -13,14 +13,16 @@ RETRIEVED, and the node's completion watcher completes and routes its series at 
 A run stops between two series when asked (``stop``), or when the source cannot be
 reached; what was being pulled is pulled again, from its start, when the retrieval runs
 again (a backfill resumes), and re-received instances replace their earlier copies. A
-study that FAILED is pulled again when its retrieval resumes, up to
-:data:`STUDY_ATTEMPTS` times in all; its reason says which attempt failed and why.
+study that FAILED is pulled again when its retrieval resumes, until it has failed
+:data:`STUDY_ATTEMPTS` times (a pull stopped or interrupted is no failure); its reason
+says which attempt failed and why.
 
 While it runs, a thread renews the run's lease in the ledger every
 :data:`HEARTBEAT_SECONDS`, however long one series takes. A process killed without a word
 stops renewing it: the next run, backfill or node to look ends it as interrupted, or
 resumes it (:meth:`core.ledger.RetrievalLedger.interrupt_stale_retrievals`). A run that
-finds its lease taken stops between two series and writes nothing more.
+finds its lease taken stops between two series and writes nothing more: every write of
+a study's progress is conditional on this process still running the retrieval.
 
 Nothing here logs a patient's name, ID or accession number: UIDs and counts only.
 """
@@ -71,7 +73,8 @@ RETRIEVED = "retrieved"
 STALE_AFTER_SECONDS = LEASE_SECONDS
 #: How often a running retrieval renews its lease (from a thread of its own).
 HEARTBEAT_SECONDS = 10.0
-#: Times a study is pulled at most: a FAILED one is pulled again on resume until then.
+#: Times a study may fail: a FAILED one is pulled again on resume until it has failed
+#: this often (stopped or interrupted pulls do not count).
 STUDY_ATTEMPTS = 3
 #: Longest wait, after a C-MOVE ended, for the node to record what the PACS sent.
 MOVE_ARRIVAL_SECONDS = 120.0
@@ -341,7 +344,7 @@ class Retriever:
                 return self._end(record, name, RetrievalState.STOPPED, _STOPPED)
             if study.attempts:
                 logger.info(
-                    "study %s: attempt %d of %d (before: %s)",
+                    "study %s: attempt %d of %d (last failure: %s)",
                     study.study_uid,
                     study.attempts + 1,
                     STUDY_ATTEMPTS,
@@ -375,7 +378,11 @@ class Retriever:
 
     def _stopping(self) -> bool:
         """Asked to stop, or this process's lease on the run was lost."""
-        return self.stop.is_set() or (self._lease is not None and self._lease.lost.is_set())
+        return self.stop.is_set() or self._lease_lost()
+
+    def _lease_lost(self) -> bool:
+        """Another process took the run over: this one writes nothing more of it."""
+        return self._lease is not None and self._lease.lost.is_set()
 
     def _paced(self, pacing: Pacing | None, tell: Callable[[str], None]) -> bool:
         """Wait until the next study may start; False when asked to stop meanwhile."""
@@ -407,7 +414,33 @@ class Retriever:
                 again).
         """
         retrieval_id = record.retrieval_id
-        self.ledger.set_retrieval_study(retrieval_id, study_uid, StudyPull.RETRIEVING)
+        runner = record.runner
+
+        def write(
+            state: StudyPull,
+            *,
+            reason: str | None = None,
+            series_count: int | None = None,
+            instance_count: int | None = None,
+        ) -> None:
+            """Record the study's state while this process runs the retrieval; a lost
+            lease stops the run (another process pulls the study now)."""
+            if self._lease_lost():
+                raise _StopRequestedError
+            if not self.ledger.set_retrieval_study(
+                retrieval_id,
+                study_uid,
+                state,
+                reason=reason,
+                series_count=series_count,
+                instance_count=instance_count,
+                runner=runner,
+            ):
+                if self._lease is not None:
+                    self._lease.lost.set()
+                raise _StopRequestedError
+
+        write(StudyPull.RETRIEVING)
         recorded: list[str] = []
         try:
             series = source.find_series(study_uid, keys=series_filter.keywords)
@@ -418,9 +451,7 @@ class Retriever:
                     if series
                     else "the source lists no series for it"
                 )
-                self.ledger.set_retrieval_study(
-                    retrieval_id, study_uid, StudyPull.EMPTY, reason=why, series_count=0
-                )
+                write(StudyPull.EMPTY, reason=why, series_count=0)
                 logger.info("study %s: %s", study_uid, why)
                 return StudyPull.EMPTY
             instances = 0
@@ -429,33 +460,36 @@ class Retriever:
                 recorded.append(item.series_uid)
                 instances += self._pull_series(source, study_uid, item.series_uid)
         except SourceUnavailableError:
-            self._hold_series(recorded, "the retrieval stopped: the source went away")
-            self.ledger.set_retrieval_study(retrieval_id, study_uid, StudyPull.PENDING)
+            if not self._lease_lost():
+                self._hold_series(recorded, "the retrieval stopped: the source went away")
+                write(StudyPull.PENDING)
             raise
         except _StopRequestedError:
-            self.ledger.set_retrieval_study(retrieval_id, study_uid, StudyPull.PENDING)
+            if not self._lease_lost():  # else the study is another process's now
+                write(StudyPull.PENDING)
             raise
         except (QueryError, InvalidInputError, OSError) as exc:
             reason = str(exc)
+            if self._lease_lost():
+                raise _StopRequestedError from exc
             self._hold_series(recorded, f"retrieval incomplete: {reason}")
-            attempts = [
+            failures = [
                 s.attempts
                 for s in self.ledger.retrieval_studies(retrieval_id, states=[StudyPull.RETRIEVING])
                 if s.study_uid == study_uid
             ]
-            attempt = f"attempt {attempts[0]} of {STUDY_ATTEMPTS}: " if attempts else ""
-            self.ledger.set_retrieval_study(
-                retrieval_id, study_uid, StudyPull.FAILED, reason=f"{attempt}{reason}"
+            # This failure's number. Only studies that failed fewer times than the bound
+            # are pulled again (claim_retrieval), so it is at most the bound; min() keeps
+            # it so whatever a ledger holds.
+            attempt = (
+                f"attempt {min(failures[0] + 1, STUDY_ATTEMPTS)} of {STUDY_ATTEMPTS}: "
+                if failures
+                else ""
             )
+            write(StudyPull.FAILED, reason=f"{attempt}{reason}")
             logger.warning("study %s not retrieved: %s", study_uid, reason)
             return StudyPull.FAILED
-        self.ledger.set_retrieval_study(
-            retrieval_id,
-            study_uid,
-            StudyPull.RETRIEVED,
-            series_count=len(wanted),
-            instance_count=instances,
-        )
+        write(StudyPull.RETRIEVED, series_count=len(wanted), instance_count=instances)
         logger.info(
             "study %s retrieved from %s: %d series, %d instances",
             study_uid,

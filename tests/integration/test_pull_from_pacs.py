@@ -4,7 +4,6 @@ study while it is pulled and once it is."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from core.jobs import JobState, SeriesState
 from core.ledger import Ledger, RetrievalState, StudyPull
+from core.ledger.retrievals import runner_name
 from core.queue import JobQueue, make_celery
 from core.settings import Settings, validate_settings
 from dicom_node.assembly import CompletionWatcher
@@ -25,12 +25,18 @@ from dicom_node.node import Node
 from dicom_node.recorder import IngestRecorder
 from dicom_node.routing import Router
 from node_services.retrieve.base import (
+    RetrieveOutcome,
     SeriesFilter,
+    SeriesMatch,
+    SeriesSink,
+    Source,
     SourceUnavailableError,
+    StudyMatch,
     StudyQuery,
     parse_series_filter,
 )
 from node_services.retrieve.retriever import STUDY_ATTEMPTS, Retriever
+from node_services.retrieve.sources import make_source
 from pacs_ai.phantom import PhantomSeries, write_chest_ct_series
 from tests.support.node import data_set_bytes
 from tests.support.peers import LOCALHOST, Orthanc, RedisServer, free_port, wait_for
@@ -345,7 +351,7 @@ def test_a_run_killed_mid_retrieval_is_ended_as_interrupted_by_the_next_run_whic
     old = ledger.get_retrieval(first.retrieval_id)
     assert old.state == RetrievalState.FAILED
     assert old.reason == (
-        f"interrupted: its process {socket.gethostname()}:{killed.pid} ended without "
+        f"interrupted: its process {runner_name(pid=killed.pid)} ended without "
         "finishing it; a new run pulls it again"
     )
     [left] = ledger.retrieval_studies(old.retrieval_id)
@@ -392,19 +398,24 @@ def test_a_study_that_failed_is_pulled_again_when_its_backfill_resumes(rig: Rig)
     [pulled] = ledger.retrieval_studies(record.retrieval_id)
     assert (pulled.state, pulled.attempts, pulled.reason, pulled.instance_count) == (
         StudyPull.RETRIEVED,
-        2,
+        1,
         None,
         SLICES,
     )
     assert ledger.get_series(study.series_instance_uid).instance_count == SLICES
 
 
-def test_a_study_is_pulled_at_most_the_bound_of_attempts(rig: Rig) -> None:
+def test_a_study_fails_at_most_the_bound_of_times_however_often_it_was_stopped_before(
+    rig: Rig, make_orthanc: Callable[..., Orthanc]
+) -> None:
     study = rig.store(9)
     ledger = rig.ledger
     no_room = config_for(rig.tmp_path, rig.pacs, rig.node_port)
     no_room["node"]["min_free_disk_mb"] = 10**9
     retriever = Retriever(validate_settings(no_room), ledger)
+    # A PACS that turns us away (it does not know our AE title): SourceUnavailableError.
+    stranger = make_orthanc()
+    away = config_for(rig.tmp_path, rig.pacs, rig.node_port, dimse_port=stranger.dicom_port)
     record = retriever.create(
         kind="backfill",
         source="pacs",
@@ -417,10 +428,81 @@ def test_a_study_is_pulled_at_most_the_bound_of_attempts(rig: Rig) -> None:
         state=RetrievalState.STOPPED,
     )
 
+    for _away in range(2):  # the PACS away once the study started: stopped, no failure
+        stopped = Retriever(validate_settings(away), ledger).run(record.retrieval_id)
+        assert stopped.state == RetrievalState.STOPPED
+    reasons = []
     for _resume in range(STUDY_ATTEMPTS + 1):
         retriever.run(record.retrieval_id)
+        [study_now] = ledger.retrieval_studies(record.retrieval_id)
+        reasons.append((study_now.reason or "").partition(": ")[0])
 
     [failed] = ledger.retrieval_studies(record.retrieval_id)
     assert (failed.state, failed.attempts) == (StudyPull.FAILED, STUDY_ATTEMPTS)
-    assert failed.reason is not None
-    assert failed.reason.startswith(f"attempt {STUDY_ATTEMPTS} of {STUDY_ATTEMPTS}: ")
+    assert reasons == [
+        "attempt 1 of 3",
+        "attempt 2 of 3",
+        "attempt 3 of 3",
+        "attempt 3 of 3",  # not pulled again: the bound is reached
+    ]
+
+
+class TakenOverWhilePulling:
+    """The PACS, as a run that stalled (its lease lapsed) sees it: while it retrieves a
+    series, another process finds the run stale, takes it over and pulls the study."""
+
+    def __init__(self, source: Source, ledger: Ledger, retrieval_id: str) -> None:
+        self.source, self.ledger, self.retrieval_id = source, ledger, retrieval_id
+        self.name, self.method = source.name, source.method
+
+    def find_studies(self, query: StudyQuery) -> list[StudyMatch]:
+        return self.source.find_studies(query)
+
+    def find_series(self, study_uid: str, *, keys: tuple[str, ...] = ()) -> list[SeriesMatch]:
+        return self.source.find_series(study_uid, keys=keys)
+
+    def retrieve_series(self, study_uid: str, series_uid: str, sink: SeriesSink) -> RetrieveOutcome:
+        outcome = self.source.retrieve_series(study_uid, series_uid, sink)
+        self.ledger.claim_retrieval(self.retrieval_id, "elsewhere:2", stale_after=0)
+        self.ledger.set_retrieval_study(
+            self.retrieval_id, study_uid, StudyPull.RETRIEVING, runner="elsewhere:2"
+        )
+        return outcome
+
+
+def test_a_run_whose_lease_was_taken_writes_nothing_over_the_process_that_took_it(
+    rig: Rig,
+) -> None:
+    study = rig.store(10)
+    ledger = rig.ledger
+    settings = rig.settings()
+    found = Retriever(settings, ledger).find("pacs", StudyQuery(study_uid=study.study_instance_uid))
+    record = Retriever(settings, ledger).create(
+        kind="backfill",
+        source="pacs",
+        studies=found,
+        series_filter=SeriesFilter(),
+        models=["ct-lungs"],
+        destinations=[],
+        shadow=True,
+        actor="test",
+        state=RetrievalState.STOPPED,
+    )
+    slow = Retriever(
+        settings,
+        ledger,
+        source_factory=lambda s, name: TakenOverWhilePulling(
+            make_source(s, name), ledger, record.retrieval_id
+        ),
+    )
+
+    ended = slow.run(record.retrieval_id)
+
+    assert (ended.state, ended.runner, ended.reason) == (
+        RetrievalState.RUNNING,
+        "elsewhere:2",
+        None,
+    )
+    [pulling] = ledger.retrieval_studies(record.retrieval_id)
+    assert (pulling.state, pulling.attempts, pulling.reason) == (StudyPull.RETRIEVING, 0, None)
+    assert ledger.get_series(study.series_instance_uid).state == SeriesState.RECEIVING

@@ -21,7 +21,7 @@ from core.ledger import (
     RetrievalState,
     StudyPull,
 )
-from core.ledger.retrievals import LEASE_SECONDS
+from core.ledger.retrievals import LEASE_SECONDS, runner_name
 from core.ledger.schema import retrievals_table
 from core.settings import validate_settings
 from monitor.pulls import Pulls
@@ -156,8 +156,12 @@ def test_a_running_retrieval_whose_lease_lapsed_is_ended_as_interrupted_with_the
     assert stopped.reason is not None
     assert stopped.reason.startswith("interrupted: its process elsewhere:1 stopped renewing")
     assert stopped.reason.endswith("run again to resume")
-    [interrupted] = ledger.retrieval_studies(resumable.retrieval_id, states=[StudyPull.PENDING])[:1]
-    assert (interrupted.study_uid, interrupted.reason) == ("1.1", "interrupted while being pulled")
+    assert {
+        (s.study_uid, s.state, s.reason) for s in ledger.retrieval_studies(resumable.retrieval_id)
+    } == {
+        ("1.1", StudyPull.PENDING, "interrupted while being pulled"),
+        ("1.2", StudyPull.PENDING, None),
+    }
     assert ledger.studies_in_retrieval() == (frozenset(), frozenset())
     assert ledger.get_retrieval(live.retrieval_id).state == RetrievalState.RUNNING
     assert not ledger.retrieval_heartbeat(resumable.retrieval_id, "elsewhere:1")
@@ -173,13 +177,52 @@ def test_a_retrieval_whose_process_on_this_host_ended_is_taken_over_at_once(
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     record = backfill(ledger, ["1.1"])
-    ledger.claim_retrieval(
-        record.retrieval_id, f"{socket.gethostname()}:{gone.pid}", stale_after=60
-    )
+    ledger.claim_retrieval(record.retrieval_id, runner_name(pid=gone.pid), stale_after=60)
 
     taken = ledger.claim_retrieval(record.retrieval_id, "elsewhere:9", stale_after=3600)
 
     assert (taken.state, taken.runner) == (RetrievalState.RUNNING, "elsewhere:9")
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(f"{socket.gethostname()}:pidns-1", id="another-pid-namespace"),
+        pytest.param(socket.gethostname(), id="namespace-unknown"),
+    ],
+)
+def test_a_runner_of_this_host_name_but_not_of_this_pid_namespace_is_judged_by_its_lease(
+    ledger: Ledger, where: str
+) -> None:
+    # A container with host networking: the host's name, its own process ids. The pid
+    # is of no process here, which says nothing of the process it names there.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = backfill(ledger, ["1.1"])
+    ledger.claim_retrieval(record.retrieval_id, f"{where}:{gone.pid}", stale_after=60)
+
+    with pytest.raises(RetrievalBusyError, match="being run by"):
+        ledger.claim_retrieval(record.retrieval_id, "elsewhere:9", stale_after=3600)
+    assert ledger.interrupt_stale_retrievals(stale_after=3600) == []
+    assert ledger.get_retrieval(record.retrieval_id).runner == f"{where}:{gone.pid}"
+
+
+def test_a_runner_that_lost_its_lease_writes_nothing_of_the_study_it_was_pulling(
+    ledger: Ledger,
+) -> None:
+    record = backfill(ledger, ["1.1"])
+    rid = record.retrieval_id
+    ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60)
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.RETRIEVING, runner="elsewhere:1")
+    ledger.claim_retrieval(rid, "elsewhere:2", stale_after=0)  # found stale, taken over
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.RETRIEVING, runner="elsewhere:2")
+
+    written = ledger.set_retrieval_study(rid, "1.1", StudyPull.PENDING, runner="elsewhere:1")
+
+    assert not written
+    [study] = ledger.retrieval_studies(rid)
+    assert study.state == StudyPull.RETRIEVING
+    assert ledger.get_retrieval(rid).runner == "elsewhere:2"
 
 
 def test_a_failed_study_is_pulled_again_on_resume_until_the_bound_with_its_reason_kept(
@@ -210,7 +253,33 @@ def test_a_failed_study_is_pulled_again_on_resume_until_the_bound_with_its_reaso
         2,
         "refused again",
     )
-    assert (studies["1.2"].state, studies["1.2"].attempts) == (StudyPull.RETRIEVED, 1)
+    assert (studies["1.2"].state, studies["1.2"].attempts) == (StudyPull.RETRIEVED, 0)
+
+
+def test_only_failures_count_against_a_studys_retries_not_stops_or_interruptions(
+    ledger: Ledger,
+) -> None:
+    record = backfill(ledger, ["1.1"])
+    rid = record.retrieval_id
+    for _interrupted in range(2):  # its process killed mid-pull, found stale
+        ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=3)
+        ledger.set_retrieval_study(rid, "1.1", StudyPull.RETRIEVING, runner="elsewhere:1")
+        with ledger.engine.begin() as conn:
+            conn.execute(update(retrievals_table).values(heartbeat_at=time.time() - 61))
+        assert [r.retrieval_id for r in ledger.interrupt_stale_retrievals(stale_after=60)] == [rid]
+    ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=3)
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.RETRIEVING, runner="elsewhere:1")
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.PENDING, runner="elsewhere:1")  # Ctrl-C
+    ledger.finish_retrieval(rid, RetrievalState.STOPPED, runner="elsewhere:1")
+    ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=3)
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.RETRIEVING, runner="elsewhere:1")
+    ledger.set_retrieval_study(rid, "1.1", StudyPull.FAILED, reason="refused", runner="elsewhere:1")
+    ledger.finish_retrieval(rid, RetrievalState.DONE, runner="elsewhere:1")
+
+    ledger.claim_retrieval(rid, "elsewhere:1", stale_after=60, max_attempts=3)
+
+    [study] = ledger.retrieval_studies(rid)
+    assert (study.state, study.attempts, study.reason) == (StudyPull.PENDING, 1, "refused")
 
 
 def test_a_routed_study_is_processed_once_all_its_jobs_have_ended(ledger: Ledger) -> None:

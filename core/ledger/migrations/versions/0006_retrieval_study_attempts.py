@@ -1,7 +1,8 @@
-"""Issue 15: how many times each study of a retrieval has been pulled, so that a resumed
-retrieval pulls a FAILED study again, a bounded number of times.
+"""Issue 15: how many times each study of a retrieval has FAILED, so that a resumed
+retrieval pulls a FAILED study again, a bounded number of times (a pull stopped or
+interrupted is no failure: only FAILED counts).
 
-Rows of older ledgers count 0 attempts: a study that failed before the upgrade gets its
+Rows of older ledgers count 0 failures: a study that failed before the upgrade gets its
 retries on the next resume.
 
 Revision ID: 0006
