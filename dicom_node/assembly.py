@@ -21,7 +21,9 @@ Several nodes sharing the ledger: a series is completed by one node holding some
 (its claim in the ledger); a study by the one node whose conditional update of the study
 row succeeds. That node applies the study routes to the series it holds and leaves those
 only other nodes hold WAITING_STUDY, for a node holding each to read its header and
-apply them (each series once, again by a conditional update). ``complete_when`` sees the
+apply them (each series once, by a claim in the ledger; a series becomes ROUTED only once
+its routes are applied, so one whose routing failed is routed again by the next pass,
+with one node or several). ``complete_when`` sees the
 series the deciding node holds; a study split across nodes otherwise completes by its
 quiet period.
 
@@ -93,6 +95,9 @@ OWN_RESULT_MODALITIES = frozenset({"SEG", "SR", "OT", "DOC"})
 RETRIEVED_ORIGIN = "retrieved"
 #: Priority of a backfill's jobs: the least urgent, behind live traffic.
 BACKFILL_PRIORITY = 9
+
+#: Series of decided studies whose study routes one pass applies (the rest the next).
+WAITING_SERIES_PER_PASS = 1000
 
 _DONE_SERIES = {
     SeriesState.ROUTED,
@@ -389,11 +394,13 @@ class CompletionWatcher:
                 self._route_for_study(item, header, why)
             elif self._held_elsewhere(item):
                 # Held by other nodes only: the node holding it reads its header and
-                # applies the study's routes (``_route_waiting_series``).
+                # applies the study's routes (``_route_waiting_series``). Only from the
+                # state read: a late instance may have put it back to RECEIVING since.
                 self._ledger.set_series_state(
                     item.series_instance_uid,
                     SeriesState.WAITING_STUDY,
                     f"{why}: its study routes are applied by the node holding it",
+                    expected=item.state,
                 )
 
     def _held_elsewhere(self, series: SeriesRecord) -> bool:
@@ -405,33 +412,39 @@ class CompletionWatcher:
         return bool(instances) and all(i.node not in (None, self._node) for i in instances)
 
     def _route_for_study(self, series: SeriesRecord, header: Dataset, why: str) -> None:
-        """Apply the study-trigger routes that match ``series`` (its study complete)."""
-        if series.state == SeriesState.WAITING_STUDY and not self._ledger.set_series_state(
-            series.series_instance_uid,
-            SeriesState.ROUTED,
-            why,
-            expected=SeriesState.WAITING_STUDY,
-        ):
+        """Apply the study-trigger routes that match ``series`` (its study complete).
+
+        A WAITING_STUDY series is claimed first (of nodes holding some of it, one applies
+        the routes) and becomes ROUTED only once they are applied: routing that fails
+        leaves it WAITING_STUDY, retried next pass (:meth:`_route_waiting_series`), and a
+        node that dies meanwhile leaves it to be claimed again when its claim expires
+        (then the originals of its forwarding routes may be sent twice, never not at all).
+        """
+        waiting = series.state == SeriesState.WAITING_STUDY
+        uid = series.series_instance_uid
+        if waiting and not self._ledger.claim_study_routes(uid, now=self._clock()):
             return  # another node holding some of it routes it
-        arrival = Arrival(series.calling_ae, series.called_ae, series.peer)
-        study_routes = [r for r in self._router.matching(header, arrival) if r.trigger == "study"]
-        for route in study_routes:
-            self._apply(route, series, reason=why)
+        try:
+            arrival = Arrival(series.calling_ae, series.called_ae, series.peer)
+            matched = self._router.matching(header, arrival)
+            for route in (r for r in matched if r.trigger == "study"):
+                self._apply(route, series, reason=why)
+            if waiting:
+                self._ledger.set_series_state(
+                    uid, SeriesState.ROUTED, why, expected=SeriesState.WAITING_STUDY
+                )
+        finally:
+            if waiting:
+                self._ledger.release_study_routes(uid)
 
     def _route_waiting_series(self) -> None:
-        """Series whose study another node decided (ROUTED) while they wait for its routes:
-        this node applies them to those it holds, each once across the nodes."""
-        if self._node is None:
-            return
-        waiting = self._ledger.list_series(states=[SeriesState.WAITING_STUDY], limit=1000)
-        decided: dict[str, bool] = {}
+        """Series of a decided (ROUTED) study still waiting for its routes (another node
+        decided it, or routing them failed in an earlier pass): this node applies them to
+        those it holds, each once across the nodes, the oldest first."""
+        waiting = self._ledger.waiting_series_of_routed_studies(
+            node=self._node, limit=WAITING_SERIES_PER_PASS
+        )
         for series in waiting:
-            study_uid = series.study_instance_uid
-            if study_uid not in decided:
-                study = self._ledger.get_study(study_uid)
-                decided[study_uid] = study.state == StudyState.ROUTED
-            if not decided[study_uid] or not self._local_instances(series):
-                continue
             header = self._header(series)
             if header is not None:
                 with log_context(series_uid=series.series_instance_uid):

@@ -384,10 +384,22 @@ class SeriesLedger(LedgerBase):
         expected: SeriesState | None = None,
     ) -> bool:
         """Move the series to ``state``; with ``expected``, only from that state (a claim
-        among nodes sharing the ledger). Whether it moved."""
+        among nodes sharing the ledger: one conditional update, atomic on SQLite and
+        PostgreSQL alike, so of several processes exactly one moves it). Whether it moved."""
         values: dict[str, Any] = {"state": state.value, "reason": reason, "updated_at": time.time()}
         if completed_at is not None:
             values["completed_at"] = completed_at
+        if expected is not None:
+            with self._engine.begin() as conn:
+                moved = conn.execute(
+                    update(series_table)
+                    .where(series_table.c.series_uid == series_uid)
+                    .where(series_table.c.state == expected.value)
+                    .values(**values)
+                ).rowcount
+                if moved:
+                    add_to_counters(conn, series_moved(expected.value, state))
+            return bool(moved)
         with self._engine.begin() as conn:
             # Locked until commit (PostgreSQL): the gauge moves from the state replaced.
             old = conn.execute(
@@ -395,14 +407,75 @@ class SeriesLedger(LedgerBase):
                 .where(series_table.c.series_uid == series_uid)
                 .with_for_update()
             ).scalar()
-            if expected is not None and old != expected.value:
-                return False
             conn.execute(
                 update(series_table).where(series_table.c.series_uid == series_uid).values(**values)
             )
             if old is not None:
                 add_to_counters(conn, series_moved(old, state))
         return old is not None
+
+    def waiting_series_of_routed_studies(
+        self, *, node: str | None = None, limit: int = 100
+    ) -> list[SeriesRecord]:
+        """Series still WAITING_STUDY whose study has been decided (ROUTED): their study
+        routes are yet to be applied. Oldest first, at most ``limit``; with ``node``, only
+        series of which that node holds some instance (or an instance of no node's)."""
+        query = (
+            select(series_table)
+            .join(studies_table, studies_table.c.study_uid == series_table.c.study_uid)
+            .where(series_table.c.state == SeriesState.WAITING_STUDY.value)
+            .where(studies_table.c.state == StudyState.ROUTED.value)
+            .order_by(series_table.c.last_received_at, series_table.c.series_uid)
+            .limit(limit)
+        )
+        if node is not None:
+            query = query.where(
+                select(instances_table.c.sop_instance_uid)
+                .where(instances_table.c.series_uid == series_table.c.series_uid)
+                .where(or_(instances_table.c.node.is_(None), instances_table.c.node == node))
+                .exists()
+            )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_series_record(row) for row in rows]
+
+    def claim_study_routes(self, series_uid: str, *, now: float) -> bool:
+        """Take, for this process, the applying of its study's routes to a WAITING_STUDY
+        series; False when it is not waiting or another node holds the claim.
+
+        The claim is a lease (``claimed_at`` with no ``claimed_for``, which a completion
+        claim always sets): a node that dies while applying the routes leaves the series
+        WAITING_STUDY, to be claimed again :data:`CLAIM_EXPIRES_SECONDS` later. One
+        conditional update, atomic on SQLite and PostgreSQL alike. Release it with
+        :meth:`release_study_routes` once the series is ROUTED or applying failed.
+        """
+        table = series_table
+        with self._engine.begin() as conn:
+            taken = conn.execute(
+                update(table)
+                .where(table.c.series_uid == series_uid)
+                .where(table.c.state == SeriesState.WAITING_STUDY.value)
+                .where(
+                    or_(
+                        table.c.claimed_for.is_not(None),
+                        table.c.claimed_at.is_(None),
+                        table.c.claimed_at < now - CLAIM_EXPIRES_SECONDS,
+                    )
+                )
+                .values(claimed_for=None, claimed_at=now)
+            ).rowcount
+        return bool(taken)
+
+    def release_study_routes(self, series_uid: str) -> None:
+        """Give up a claim taken by :meth:`claim_study_routes` (a completion claim, which
+        a late instance may have brought meanwhile, is left alone)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(series_table)
+                .where(series_table.c.series_uid == series_uid)
+                .where(series_table.c.claimed_for.is_(None))
+                .values(claimed_at=None)
+            )
 
     def set_series_origin(self, series_uid: str, origin: str) -> None:
         """Record how a series came (``retrieved``: a PACS sent it on our C-MOVE)."""

@@ -221,6 +221,78 @@ def test_a_study_route_sees_every_series_of_a_study_whose_series_arrived_at_two_
     )
 
 
+def test_a_study_whose_routing_failed_midway_routes_every_series_once_on_the_next_pass(
+    make_rig: Any, dicom_factory: DicomFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make_rig(routes=[ct_route(trigger="study")])
+    study = generate_uid()
+    series = [dicom_factory.series(2, study_uid=study) for _ in range(3)]
+    for files in series:
+        rig.arrive(files)
+    rig.after(10)
+    open_job = rig.ledger.open_job
+    calls = 0
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        # Fault injection: the ledger fails while the second series' job is opened.
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("ledger went away")
+        return open_job(*args, **kwargs)
+
+    monkeypatch.setattr(rig.ledger, "open_job", fails_once)
+    with pytest.raises(ConnectionError, match="ledger went away"):
+        rig.after(60)
+    assert rig.ledger.get_study(study).state is StudyState.ROUTED
+    states = [rig.ledger.get_series(series_uid(files)).state for files in series]
+    assert states.count(SeriesState.WAITING_STUDY) == 2
+
+    rig.after(1)
+
+    for files in series:
+        [job] = rig.ledger.jobs(series_uid=series_uid(files))
+        assert job.state is JobState.QUEUED
+        assert rig.ledger.get_series(series_uid(files)).state is SeriesState.ROUTED
+    rig.after(1)
+    assert sum(len(rig.ledger.jobs(series_uid=series_uid(files))) for files in series) == 3
+
+
+def test_a_late_instance_at_another_node_while_its_study_is_decided_is_not_overwritten(
+    make_rig: Any, dicom_factory: DicomFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = make_rig(routes=[ct_route(trigger="study")], node="node-a")
+    b = make_rig(routes=[ct_route(trigger="study")], node="node-b", clock=a.clock)
+    study = generate_uid()
+    at_a = dicom_factory.series(2, study_uid=study)
+    at_b = dicom_factory.series(3, study_uid=study)
+    a.arrive(at_a)
+    b.arrive(at_b[:2])
+    a.after(10)
+    b.after(0)
+    decide = a.ledger.set_study_state
+
+    def decide_then_late_instance(*args: Any, **kwargs: Any) -> bool:
+        # Fault injection: node B records a late instance of its series just after
+        # node A decided the study, before A hands that series to B.
+        decided: bool = decide(*args, **kwargs)
+        b.arrive(at_b[2:])
+        b.recorder.flush()
+        return decided
+
+    monkeypatch.setattr(a.ledger, "set_study_state", decide_then_late_instance)
+    a.after(60)
+    monkeypatch.undo()
+
+    assert a.ledger.get_series(series_uid(at_b)).state is SeriesState.RECEIVING
+    b.after(10)
+    a.after(60)
+    b.after(0)
+    for files in (at_a, at_b):
+        [job] = a.ledger.jobs(series_uid=series_uid(files))
+        assert job.state is JobState.QUEUED
+
+
 def test_a_study_completes_as_soon_as_its_conditions_are_met(
     make_rig: Any, dicom_factory: DicomFactory
 ) -> None:

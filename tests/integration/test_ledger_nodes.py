@@ -3,6 +3,7 @@ series completes once, however their writes interleave."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from core.jobs import InstanceRecord, JobState, SeriesState
+from core.jobs import InstanceRecord, JobState, SeriesState, StudyState
 from core.ledger import InvalidTransitionError, Ledger, Outbox, Presence, result_items
 from core.ledger.series import CLAIM_EXPIRES_SECONDS
 from tests.support.postgres import fresh_database
@@ -36,12 +37,38 @@ def two_nodes() -> Iterator[tuple[Ledger, Ledger]]:
             second.close()
 
 
-def instance(number: int, *, at: float, node_path: str) -> InstanceRecord:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_nodes_on_either(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Ledger, Ledger]]:
+    """Node A's and node B's ledgers on one SQLite file or one PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        else:
+            url = stack.enter_context(fresh_database())
+        first, second = Ledger(url), Ledger(url)
+        first.create_schema()
+        try:
+            yield first, second
+        finally:
+            first.close()
+            second.close()
+
+
+def instance(
+    number: int,
+    *,
+    at: float,
+    node_path: str,
+    series: str = SERIES,
+    study: str = STUDY,
+) -> InstanceRecord:
     return InstanceRecord(
-        sop_instance_uid=f"{SERIES}.{number}",
+        sop_instance_uid=f"{series}.{number}",
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        series_instance_uid=SERIES,
-        study_instance_uid=STUDY,
+        series_instance_uid=series,
+        study_instance_uid=study,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         path=f"{node_path}/{number}.dcm",
         size=1000 + number,
@@ -247,3 +274,87 @@ def test_a_held_result_released_on_another_node_is_delivered_by_the_node_holding
     assert [i.node for i in Outbox(a).items(job_id=job.job_id)] == ["node-b"]
     assert Outbox(a).due(node="node-a") == []
     assert [i.path for i in Outbox(b).due(node="node-b")] == [str(seg)]
+
+
+def test_of_two_nodes_moving_a_series_from_the_same_state_at_once_exactly_one_moves_it(
+    two_nodes_on_either: tuple[Ledger, Ledger],
+) -> None:
+    a, b = two_nodes_on_either
+    now = time.time()
+    a.record_instances([instance(1, at=now, node_path="/a")], node="node-a")
+    a.set_series_state(SERIES, SeriesState.WAITING_STUDY, completed_at=now)
+
+    def route(ledger: Ledger) -> bool:
+        return ledger.set_series_state(
+            SERIES, SeriesState.ROUTED, expected=SeriesState.WAITING_STUDY
+        )
+
+    assert sorted(at_once(lambda: route(a), lambda: route(b))) == [False, True]
+    # A node that read the series before the other moved it: its stale claim fails.
+    assert not route(b)
+    assert a.get_series(SERIES).state is SeriesState.ROUTED
+
+
+def test_a_study_routes_claim_is_held_by_one_node_until_released_or_expired(
+    two_nodes_on_either: tuple[Ledger, Ledger],
+) -> None:
+    a, b = two_nodes_on_either
+    now = time.time()
+    a.record_instances([instance(1, at=now, node_path="/a")], node="node-a")
+    assert a.claim_completion(a.quiet_series(last_received_before=now + 10)[0], now=now + 10)
+    a.set_series_state(SERIES, SeriesState.WAITING_STUDY, completed_at=now + 10)
+
+    taken = at_once(
+        lambda: a.claim_study_routes(SERIES, now=now + 20),
+        lambda: b.claim_study_routes(SERIES, now=now + 20),
+    )
+
+    assert sorted(taken) == [False, True]
+    assert not b.claim_study_routes(SERIES, now=now + 30)
+    # A node that died while applying the routes leaves them to another ...
+    assert b.claim_study_routes(SERIES, now=now + 21 + CLAIM_EXPIRES_SECONDS)
+    # ... and one that failed releases them at once.
+    b.release_study_routes(SERIES)
+    assert a.claim_study_routes(SERIES, now=now + 22 + CLAIM_EXPIRES_SECONDS)
+
+
+def test_a_late_instance_makes_a_series_claimed_for_its_study_routes_claimable_again(
+    two_nodes_on_either: tuple[Ledger, Ledger],
+) -> None:
+    a, b = two_nodes_on_either
+    now = time.time()
+    a.record_instances([instance(1, at=now, node_path="/a")], node="node-a")
+    a.set_series_state(SERIES, SeriesState.WAITING_STUDY, completed_at=now + 10)
+    assert a.claim_study_routes(SERIES, now=now + 20)
+
+    b.record_instances([instance(2, at=now + 25, node_path="/b")], node="node-b")
+
+    assert b.claim_completion(b.quiet_series(last_received_before=now + 40)[0], now=now + 40)
+
+
+def test_waiting_series_of_decided_studies_come_oldest_first_whatever_waits_elsewhere(
+    two_nodes_on_either: tuple[Ledger, Ledger],
+) -> None:
+    a, b = two_nodes_on_either
+    now = time.time()
+    decided = [f"{SERIES}.{n}" for n in range(3)]
+    for n, series in enumerate(decided):
+        a.record_instances([instance(1, at=now + n, node_path="/a", series=series)], node="node-a")
+    # A newer study still receiving, its many series waiting: they must not crowd out.
+    for n in range(5):
+        series = f"{SERIES}.1{n}"
+        b.record_instances(
+            [instance(1, at=now + 100 + n, node_path="/b", series=series, study=f"{STUDY}.9")],
+            node="node-b",
+        )
+        b.set_series_state(series, SeriesState.WAITING_STUDY)
+    for series in decided:
+        a.set_series_state(series, SeriesState.WAITING_STUDY)
+    a.set_study_state(STUDY, StudyState.ROUTED, completed_at=now + 60)
+
+    first_two = a.waiting_series_of_routed_studies(limit=2)
+
+    assert [s.series_instance_uid for s in first_two] == decided[:2]
+    assert [s.series_instance_uid for s in b.waiting_series_of_routed_studies()] == decided
+    assert b.waiting_series_of_routed_studies(node="node-b") == []
+    assert len(a.waiting_series_of_routed_studies(node="node-a")) == 3
