@@ -47,6 +47,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._support.jobs import send_until_done  # noqa: E402
 from benchmarks._support.lidc import lidc_files  # noqa: E402
 from benchmarks._support.peers import (  # noqa: E402
     DICOMWEB_PLUGIN,
@@ -415,21 +416,10 @@ def _one_turnaround(
     worker.start()
     try:
         wait_for(lambda: bool(ledger.workers(seen_since=since)), 180, "worker", process=worker)
-        sent = subprocess.run(
-            [str(storescu), "-aec", OUR_AE, LOCALHOST, str(config["node"]["port"]),
-             *map(str, files)],
-            env=dcmtk_env(), capture_output=True, text=True, check=False,
+        job, last_image = send_until_done(
+            storescu, files, called_ae=OUR_AE, port=config["node"]["port"], ledger=ledger,
+            worker=worker,
         )  # fmt: skip
-        last_image = time.time()
-        if sent.returncode:
-            raise SystemExit(f"sending to the node failed:\n{sent.stderr}")
-
-        def done() -> bool:
-            jobs = ledger.jobs(limit=1)
-            return bool(jobs) and jobs[0].state == JobState.DONE and jobs[0].updated_at > last_image
-
-        wait_for(done, 600, "the job DONE", process=worker)
-        job = ledger.jobs(limit=1)[0]
         stages: dict[str, float] = {}
         for event in ledger.events(job.job_id):
             if event.state in (JobState.DELIVERING, JobState.DONE) and event.at > last_image:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,12 +27,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._support.jobs import send_until_done  # noqa: E402
 from benchmarks._support.peers import (  # noqa: E402
     LOCALHOST,
     Orthanc,
     PeerProcess,
     RedisServer,
-    dcmtk_env,
     free_port,
     port_open,
     require_tool,
@@ -115,21 +114,10 @@ def _one(
     ledger: Ledger,
     worker: PeerProcess,
 ) -> dict[str, float]:
-    sent = subprocess.run(
-        [str(storescu), "-aec", OUR_AE, LOCALHOST, str(config["node"]["port"]),
-         *map(str, files)],
-        env=dcmtk_env(), capture_output=True, text=True, check=False,
+    job, last_image = send_until_done(
+        storescu, files, called_ae=OUR_AE, port=config["node"]["port"], ledger=ledger,
+        worker=worker,
     )  # fmt: skip
-    last_image = time.time()
-    if sent.returncode:
-        raise SystemExit(f"sending to the node failed:\n{sent.stderr}")
-
-    def done() -> bool:
-        jobs = ledger.jobs(limit=1)
-        return bool(jobs) and jobs[0].state == JobState.DONE and jobs[0].updated_at > last_image
-
-    wait_for(done, 600, "the job DONE", process=worker)
-    job = ledger.jobs(limit=1)[0]
     # The latest run's transitions (the series is sent again each run: the job re-runs).
     events = [e for e in ledger.events(job.job_id) if e.is_transition and e.at > last_image]
 

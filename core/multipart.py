@@ -189,7 +189,7 @@ class MultipartReader:
             if len(self._buffer) > MAX_PART_HEADER:
                 raise MultipartError(f"a part's headers exceed {MAX_PART_HEADER} bytes")
             return False
-        headers = _parse_headers(bytes(self._buffer[:end]))
+        headers = parse_part_headers(bytes(self._buffer[:end]))
         del self._buffer[: end + skip]
         self._state = "body"
         events.append(PartStart(headers))
@@ -217,10 +217,6 @@ def parse_part_headers(block: bytes) -> dict[str, str]:
     Raises:
         MultipartError: a line is not ``name: value``.
     """
-    return _parse_headers(block)
-
-
-def _parse_headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
     for line in block.decode("latin-1").split("\r\n"):
         if not line:

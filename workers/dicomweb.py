@@ -14,6 +14,7 @@ is a :class:`DicomWebError`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -208,12 +209,8 @@ class DicomWebClient:
         Raises:
             ServerUnavailableError: the answer ended (cut off).
         """
-        try:
+        with self._cut_off():
             line = response.readline(MAX_PART_HEADER)
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServerUnavailableError(
-                f"{self.url}: the answer was cut off ({type(exc).__name__}: {exc})"
-            ) from exc
         if not line:
             raise ServerUnavailableError(f"{self.url}: the answer was cut off")
         return line
@@ -230,15 +227,25 @@ class DicomWebClient:
     def _read_into(self, response: http.client.HTTPResponse, buffer: memoryview) -> int:
         """Raises:
         ServerUnavailableError: the answer ended (cut off)."""
-        try:
+        with self._cut_off():
             got = response.readinto(buffer)
+        if not got:
+            raise ServerUnavailableError(f"{self.url}: the answer was cut off")
+        return got
+
+    @contextlib.contextmanager
+    def _cut_off(self) -> Iterator[None]:
+        """A read from the answer that fails is the answer cut off.
+
+        Raises:
+            ServerUnavailableError: the read raised OSError or an HTTP error.
+        """
+        try:
+            yield
         except (OSError, http.client.HTTPException) as exc:
             raise ServerUnavailableError(
                 f"{self.url}: the answer was cut off ({type(exc).__name__}: {exc})"
             ) from exc
-        if not got:
-            raise ServerUnavailableError(f"{self.url}: the answer was cut off")
-        return got
 
     def _scan_parts(
         self,
