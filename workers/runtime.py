@@ -74,9 +74,11 @@ class WorkerRuntime:
     restarted worker is told apart from the one it replaces (whose jobs are lost)."""
 
     def __init__(self, settings: Settings, *, name: str = "pacs-ai-worker") -> None:
+        from inference import decode_pool  # noqa: PLC0415
         from inference.pipeline import ModelRunner  # noqa: PLC0415
 
         self.settings = settings
+        decode_pool.configure(settings.worker.decode_processes)
         self.identity = f"{name}:{os.getpid()}"
         self.ledger = Ledger(settings.resolved_ledger_url)
         # A brand-new ledger is created; one of another release refused (`pacs-ai db upgrade`).

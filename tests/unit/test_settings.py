@@ -189,3 +189,10 @@ def test_an_ae_title_with_a_control_character_or_a_trailing_newline_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"node\.ae_title: .* is not a valid AE title"):
         validate_settings({"node": {"ae_title": title}, "routes": []})
+
+
+def test_decoding_processes_default_to_the_cpus_and_may_be_turned_off() -> None:
+    assert validate_settings({}).worker.decode_processes is None
+    assert validate_settings({"worker": {"decode_processes": 0}}).worker.decode_processes == 0
+    with pytest.raises(ConfigError, match=r"worker\.decode_processes"):
+        validate_settings({"worker": {"decode_processes": -1}})
