@@ -425,9 +425,10 @@ class WorkerSettings(_Section):
     #: Read the next queued series while the current job runs: ``auto`` does it on a GPU,
     #: where the CPU is otherwise idle during inference (on a small CPU it competes).
     prefetch_next_series: Literal["auto", "on", "off"] = "auto"
-    #: Processes that decode a compressed series' slices (JPEG 2000, JPEG-LS, ...) side
-    #: by side: the decoders hold Python's GIL, so threads would not. ``null``: one per
-    #: CPU this worker may use, at most 8; 0 or 1: the job's own process decodes.
+    #: Processes that decode a compressed series' slices (JPEG 2000, JPEG-LS, ...) and
+    #: parse a long series' headers side by side: both hold Python's GIL, so threads would
+    #: not. ``null``: one per CPU this worker may use, at most 8; 0 or 1: the job's own
+    #: process does it all.
     decode_processes: Annotated[int, Field(ge=0, le=64)] | None = None
     #: A worker on another machine (no shared file system): the node's DICOMweb URL
     #: (``https://pacs-ai.example.org:8090/dicomweb``). The worker retrieves each series

@@ -1,4 +1,4 @@
-"""Compressed slices decoded in processes of their own, several at a time.
+"""Compressed slices decoded, and long series' headers parsed, in processes of their own.
 
 pydicom's decoders for JPEG 2000 (OpenJPEG, pylibjpeg-openjpeg) and JPEG-LS (CharLS,
 pyjpegls) hold the GIL while they decode: 16 LIDC CT slices took 0.46 s in one thread
@@ -6,12 +6,13 @@ and 0.47 s in two. A series in those syntaxes was therefore decoded on one core 
 SimpleITK's GDCM used every core (the LIDC CT in JPEG 2000 Lossless: 8.8 s against 5.2 s
 on 2 CPUs). Here compressed frames are decoded by a few processes kept for the life of
 the process that asked, while it reads the series' headers; it converts their values into
-the volume (:func:`inference.volume.load_series`). The processes are forked by
-multiprocessing's fork server (it imports this module only), never from the asking
-process, which may hold a CUDA context. As with any use of multiprocessing, each child
-imports the asking program's main module again: a script that reads series needs the
-``if __name__ == "__main__":`` guard (pacs-ai's commands have it), or
-``decode_processes`` 0.
+the volume (:func:`inference.volume.load_series`). The same processes parse the headers
+of a long series (``inference.volume.parse_headers``), which pydicom does in Python. The
+processes are forked by multiprocessing's fork server (it imports this module only),
+never from the asking process, which may hold a CUDA context. As with any use of
+multiprocessing, each child imports the asking program's main module again: a script that
+reads series needs the ``if __name__ == "__main__":`` guard (pacs-ai's commands have it),
+or ``decode_processes`` 0.
 
 A child decodes from the file (``pydicom.pixels.pixel_array`` on the path reads the header
 and just that frame), so paths go in and stored values come back, :data:`BATCH` frames at
@@ -23,7 +24,8 @@ they do; ``PR_SET_PDEATHSIG`` fires when the *thread* that started a process end
 pool is started by whichever thread reads a series first).
 
 ``worker.decode_processes`` sets the number of processes (default: the CPUs this process
-may use, at most :data:`MAX_DEFAULT_PROCESSES`); 0 or 1 decodes in the calling process.
+may use, at most :data:`MAX_DEFAULT_PROCESSES`); 0 or 1 does everything in the calling
+process.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ processes end with the process that started them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom import config
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import RLELossless
 
@@ -66,6 +68,49 @@ def test_a_compressed_series_decodes_in_processes_to_what_the_job_decodes_itself
     assert [int(v) for v in in_processes.voxels[:, 0, 0] + 1024] == list(range(8))
     # The pixel bytes are not kept with the headers, wherever they were decoded.
     assert all("PixelData" not in h for h in in_processes.source_headers)
+
+
+def test_the_headers_of_a_long_series_read_by_the_processes_are_those_read_here(
+    tmp_path: Path, two_decoding_processes: None
+) -> None:
+    paths = series(tmp_path, [float(z) for z in range(40)])
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not DICOM at all")
+
+    with pytest.raises(InvalidInputError, match=r"junk\.dcm: not a DICOM file") as caught:
+        load_series([*paths[:7], junk, *paths[7:]])
+    decode_pool.configure(0)
+    with pytest.raises(InvalidInputError) as here:
+        load_series([*paths[:7], junk, *paths[7:]])
+    assert str(caught.value) == str(here.value)
+
+    decode_pool.configure(2)
+    in_processes = load_series(paths)
+    assert decode_pool.process_ids()
+    decode_pool.configure(0)
+    read_here = load_series(paths)
+    np.testing.assert_array_equal(in_processes.voxels, read_here.voxels)
+    assert [h.to_json_dict() for h in in_processes.source_headers] == [
+        h.to_json_dict() for h in read_here.source_headers
+    ]
+
+
+def test_warnings_of_headers_read_by_the_processes_are_logged_without_patient_data(
+    tmp_path: Path, two_decoding_processes: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_name = "Testpatient^Secretname" + "X" * 70
+    with config.disable_value_validation():
+        paths = series(tmp_path, [float(z) for z in range(40)], PatientName=long_name)
+
+    # pytest turns warnings into errors here: none may escape load_series.
+    with caplog.at_level(logging.DEBUG):
+        volume = load_series(paths)
+
+    assert str(volume.source_headers[0].PatientName) == long_name
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    for header in volume.source_headers:
+        assert any(str(header.SOPInstanceUID) in m and "non-conformant" in m for m in said)
+    assert not any("Secretname" in r.getMessage() for r in caplog.records if r.levelno > 10)
 
 
 def test_a_few_compressed_slices_are_decoded_without_starting_processes(tmp_path: Path) -> None:
