@@ -89,7 +89,7 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator, MutableSequence, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -857,7 +857,7 @@ class _ReadAhead:
     the series' pixel data holds)."""
 
     memory: _VolumeMemory | None = None
-    executor: ProcessPoolExecutor | None = None
+    executor: decode_pool.DecodePool | None = None
     #: Each file asked for: the future of its batch and its place in it.
     decodes: dict[Path, tuple[Future[list[decode_pool.Decoded]], int]] = field(default_factory=dict)
     _batch: list[decode_pool.Frame] = field(default_factory=list)
@@ -960,7 +960,7 @@ def _headers_here(files: Sequence[Path]) -> Iterator[_ParsedHeader]:
 
 
 def _headers_in_pool(
-    files: Sequence[Path], executor: ProcessPoolExecutor
+    files: Sequence[Path], executor: decode_pool.DecodePool
 ) -> Iterator[_ParsedHeader]:
     """The headers of ``files`` in order, read by the decoding processes (all asked for at
     once: a header is a few KB)."""
@@ -971,7 +971,7 @@ def _headers_in_pool(
     try:
         for batch in batches:
             with _pool_crash(batch[0], executor, "reading its header"):
-                asked.append(executor.submit(parse_headers, [str(path) for path in batch]))
+                asked.append(decode_pool.call(executor, parse_headers, [str(p) for p in batch]))
         for batch, future in zip(batches, asked, strict=True):
             with _pool_crash(batch[0], executor, "reading its header"):
                 headers = future.result()
@@ -982,7 +982,7 @@ def _headers_in_pool(
 
 
 @contextmanager
-def _pool_crash(path: Path, executor: ProcessPoolExecutor, doing: str) -> Iterator[None]:
+def _pool_crash(path: Path, executor: decode_pool.DecodePool, doing: str) -> Iterator[None]:
     """A decoding process that died is the job's transient failure (the pool let go of).
 
     Raises:
@@ -1282,7 +1282,7 @@ def _read_native_slices(
 def _decode_in_pool(
     voxels: npt.NDArray[np.float32],
     items: Sequence[tuple[_Slice, int]],
-    executor: ProcessPoolExecutor,
+    executor: decode_pool.DecodePool,
     ahead: _ReadAhead,
 ) -> None:
     """Compressed slices into their z, decoded by the pool's processes (most asked for
@@ -1308,7 +1308,7 @@ def _decode_in_pool(
 
 
 @contextmanager
-def _pool_errors(piece: _Slice, executor: ProcessPoolExecutor) -> Iterator[None]:
+def _pool_errors(piece: _Slice, executor: decode_pool.DecodePool) -> Iterator[None]:
     """What decoding ``piece`` in ``executor`` raised, as the job's outcome.
 
     Raises:

@@ -79,6 +79,8 @@ class WorkerRuntime:
 
         self.settings = settings
         decode_pool.configure(settings.worker.decode_processes)
+        # Started now, like the models: the first series does not wait for them.
+        decode_pool.pool()
         self.identity = f"{name}:{os.getpid()}"
         self.ledger = Ledger(settings.resolved_ledger_url)
         # A brand-new ledger is created; one of another release refused (`pacs-ai db upgrade`).
