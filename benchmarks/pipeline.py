@@ -17,7 +17,9 @@ Reference tools, timed in the same run on the same files (wall and CPU time, the
 their whole process): SimpleITK's ``ImageSeriesReader`` (GDCM) reading the series, for the
 LIDC CT also copies of it in JPEG 2000 Lossless and JPEG-LS Lossless made for the run;
 dcmqi's ``itkimage2segimage`` writing the SEG of the very label map the model produced,
-reading the source files itself. The ratio is ours / theirs (wall time): at most 1 is the
+reading the source files itself; where installed (``pip install dcm2niix``, in the dev
+group), dcm2niix converting each series to an uncompressed NIfTI file, the issue's other
+reference for reading. The ratio is ours / theirs (wall time): at most 1 is the
 target (issue 16), for the SEG and SR together against dcmqi's SEG alone.
 
 ``--turnaround`` also starts ``pacs-ai serve``, a ``pacs-ai worker``, Redis and Orthanc,
@@ -339,6 +341,24 @@ def simpleitk_read(paths: Sequence[Path]) -> Callable[[], object]:
     return read
 
 
+def dcm2niix_read(paths: Sequence[Path], out: Path) -> Callable[[], object] | None:
+    """dcm2niix converting the series in ``paths``'s folder to an uncompressed NIfTI file
+    (the issue's other reference: it reads and decodes the series, and writes the volume
+    to the page cache); ``None`` where it is not installed (``pip install dcm2niix``)."""
+    # The wheel's build (CharLS and OpenJPEG in); a distribution's may lack JPEG-LS.
+    tool = str(Path(sys.executable).parent / "dcm2niix")
+    if not Path(tool).is_file():
+        tool = shutil.which("dcm2niix") or tool
+    if len(paths) < 2 or not Path(tool).is_file():
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        tool, "-z", "n", "-b", "n", "-w", "1", "-f", "volume", "-o", str(out),
+        str(paths[0].parent),
+    ]  # fmt: skip
+    return lambda: subprocess.run(command, check=True, capture_output=True)
+
+
 def dcmqi_seg(label_map: Path, source_dir: Path, target: Path) -> Callable[[], object]:
     tool = shutil.which("itkimage2segimage") or str(
         Path(sys.executable).parent / "itkimage2segimage"
@@ -396,6 +416,10 @@ def _rows(data: dict[str, Any], work: Path, repeat: int) -> list[Row]:
     _, theirs = timed(simpleitk_read(paths), repeat)
     reader = "SimpleITK ReadImage" if len(paths) == 1 else "SimpleITK ImageSeriesReader"
     rows.append(Row(case, "decode", stage("decode"), reader, theirs))
+    converter = dcm2niix_read(paths, work / "dcm2niix" / case)
+    if converter is not None:
+        _, theirs = timed(converter, repeat)
+        rows.append(Row(case, "decode", stage("decode"), "dcm2niix (to NIfTI)", theirs))
     if case == "lidc":
         from pydicom.uid import JPEG2000Lossless, JPEGLSLossless  # noqa: PLC0415
 
@@ -406,6 +430,10 @@ def _rows(data: dict[str, Any], work: Path, repeat: int) -> list[Row]:
             _, ours = timed(lambda v=variant: load_series(v), repeat)  # type: ignore[misc]
             _, theirs = timed(simpleitk_read(variant), repeat)
             rows.append(Row(case, f"decode {label}", ours, "SimpleITK ImageSeriesReader", theirs))
+            converter = dcm2niix_read(variant, work / "dcm2niix" / f"{case}-{label}")
+            if converter is not None:
+                _, theirs = timed(converter, repeat)
+                rows.append(Row(case, f"decode {label}", ours, "dcm2niix (to NIfTI)", theirs))
     for name in ("preprocess", "network", "stitch", "postprocess"):
         if stages[name]["wall"] > 0:
             rows.append(Row(case, name, stage(name)))
