@@ -103,6 +103,9 @@ class DecodePool:
 
     def __init__(self, count: int) -> None:
         self._requests: queue.Queue[tuple[Future[Any], str, Any] | None] = queue.Queue()
+        # Held while a request is queued and while a broken pool fails what is queued, so
+        # that no request waits for a child that no longer exists.
+        self._queueing = threading.Lock()
         self._children: list[subprocess.Popen[bytes]] = []
         self._threads: list[threading.Thread] = []
         self.broken_by: str | None = None
@@ -142,10 +145,11 @@ class DecodePool:
         Raises:
             BrokenProcessPool: a child has ended.
         """
-        if self.broken:
-            raise BrokenProcessPool(self.broken_by)
         future: Future[R] = Future()
-        self._requests.put((future, f"{function.__module__}:{function.__qualname__}", argument))
+        with self._queueing:
+            if self.broken:
+                raise BrokenProcessPool(self.broken_by)
+            self._requests.put((future, f"{function.__module__}:{function.__qualname__}", argument))
         return future
 
     def shutdown(self) -> None:
@@ -174,7 +178,7 @@ class DecodePool:
                 item = self._requests.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if item is not None and item[0].set_running_or_notify_cancel():
                 item[0].set_exception(BrokenProcessPool("the decoding processes were stopped"))
 
     def _serve(self, child: subprocess.Popen[bytes]) -> None:
@@ -188,13 +192,31 @@ class DecodePool:
                 ok, answer = _receive(child.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
                 status = child.poll()
-                self.broken_by = f"a decoding process ended (exit status {status}): {exc}"
-                future.set_exception(BrokenProcessPool(self.broken_by))
+                with self._queueing:
+                    self.broken_by = f"a decoding process ended (exit status {status}): {exc}"
+                    future.set_exception(BrokenProcessPool(self.broken_by))
+                    self._fail_queued()
                 return
             if ok:
                 future.set_result(answer)
             else:
                 future.set_exception(answer)
+
+    def _fail_queued(self) -> None:
+        """Fail the requests not taken yet (the other children may all be gone too);
+        the stop signals of :meth:`shutdown` stay queued for the other threads."""
+        stops = 0
+        while True:
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stops += 1
+            elif item[0].set_running_or_notify_cancel():
+                item[0].set_exception(BrokenProcessPool(self.broken_by))
+        for _stop in range(stops):
+            self._requests.put(None)
 
 
 def _send(stream: IO[bytes], message: object) -> None:

@@ -175,6 +175,26 @@ def test_a_decoding_process_that_dies_while_decoding_breaks_what_it_was_asked_on
     assert load_series(paths).shape[0] == 8
 
 
+def test_when_every_decoding_process_dies_nothing_asked_waits_forever(
+    tmp_path: Path, two_decoding_processes: None
+) -> None:
+    paths = compressed_series(tmp_path)
+    load_series(paths)
+    executor = decode_pool.pool()
+    assert executor is not None
+    processes = decode_pool.process_ids()
+    for pid in processes:
+        os.kill(pid, signal.SIGSTOP)  # two requests taken, two queued behind them
+    asked = [decode_pool.submit(executor, [(p, None, "")]) for p in paths[:4]]
+    for pid in processes:
+        os.kill(pid, signal.SIGKILL)
+
+    for future in asked:
+        with pytest.raises(BrokenProcessPool):
+            future.result(timeout=60)
+    assert load_series(paths).shape[0] == 8
+
+
 def test_decoding_processes_end_with_the_process_that_started_them(tmp_path: Path) -> None:
     compressed_series(tmp_path)
     script = textwrap.dedent(
