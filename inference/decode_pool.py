@@ -342,11 +342,6 @@ def call(executor: DecodePool, function: Callable[[A], R], argument: A) -> Futur
         raise
 
 
-def is_broken(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a future of the pool, says a child died."""
-    return isinstance(exc, BrokenProcessPool)
-
-
 # -- in the child --------------------------------------------------------------------------
 
 

@@ -1297,7 +1297,8 @@ def _decode_in_pool(
             _decode_into(voxels[z], piece, buffers)
             continue
         future, place = asked
-        with _pool_errors(piece, executor):
+        # The decoding errors come back in the answer; a raise is a process that died.
+        with _pool_crash(piece.path, executor, "decoding its pixel data"):
             decoded = future.result()[place]
         caught = [warnings.WarningMessage(text, UserWarning, "", 0) for text in decoded.warnings]
         _log_reading_warnings(caught, piece.sop_instance_uid, "decoding pixel data")
@@ -1305,29 +1306,6 @@ def _decode_in_pool(
             raise _decoding_error(piece, decoded.error) from decoded.error
         assert decoded.values is not None  # a Decoded has one or the other
         _convert_into(voxels[z], piece, decoded.values)
-
-
-@contextmanager
-def _pool_errors(piece: _Slice, executor: decode_pool.DecodePool) -> Iterator[None]:
-    """What decoding ``piece`` in ``executor`` raised, as the job's outcome.
-
-    Raises:
-        decode_pool.DecoderCrashedError: a decoding process died (the pool is let go).
-        InvalidInputError: the pixel data cannot be decoded (as :func:`_decode_into`).
-    """
-    try:
-        yield
-    except Exception as exc:
-        if decode_pool.is_broken(exc):
-            decode_pool.discard(executor)
-            raise decode_pool.DecoderCrashedError(
-                f"{piece.path.name} (SOP instance {piece.sop_instance_uid}): the process "
-                "decoding its pixel data ended (killed for memory, or the decoder crashed on "
-                "this data)"
-            ) from exc
-        if isinstance(exc, _DECODING_ERRORS):
-            raise _decoding_error(piece, exc) from exc
-        raise
 
 
 def _fill_gaps(

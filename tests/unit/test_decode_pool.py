@@ -46,6 +46,17 @@ def compressed_series(folder: Path, count: int = 8) -> list[Path]:
     return paths
 
 
+def stopped_pool(paths: list[Path]) -> tuple[decode_pool.DecodePool, list[int]]:
+    """The pool, started by reading ``paths``, with its processes stopped (SIGSTOP)."""
+    load_series(paths)
+    executor = decode_pool.pool()
+    assert executor is not None
+    processes = decode_pool.process_ids()
+    for pid in processes:
+        os.kill(pid, signal.SIGSTOP)
+    return executor, processes
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -153,12 +164,7 @@ def test_a_decoding_process_that_dies_while_decoding_breaks_what_it_was_asked_on
     tmp_path: Path, two_decoding_processes: None
 ) -> None:
     paths = compressed_series(tmp_path)
-    load_series(paths)
-    executor = decode_pool.pool()
-    assert executor is not None
-    processes = decode_pool.process_ids()
-    for pid in processes:
-        os.kill(pid, signal.SIGSTOP)  # neither can answer what is asked of it below
+    executor, processes = stopped_pool(paths)  # neither can answer what is asked below
     try:
         asked = [decode_pool.submit(executor, [(p, None, "")]) for p in paths[:2]]
         os.kill(processes[0], signal.SIGKILL)
@@ -179,12 +185,7 @@ def test_when_every_decoding_process_dies_nothing_asked_waits_forever(
     tmp_path: Path, two_decoding_processes: None
 ) -> None:
     paths = compressed_series(tmp_path)
-    load_series(paths)
-    executor = decode_pool.pool()
-    assert executor is not None
-    processes = decode_pool.process_ids()
-    for pid in processes:
-        os.kill(pid, signal.SIGSTOP)  # two requests taken, two queued behind them
+    executor, processes = stopped_pool(paths)  # two requests taken, two queued behind them
     asked = [decode_pool.submit(executor, [(p, None, "")]) for p in paths[:4]]
     for pid in processes:
         os.kill(pid, signal.SIGKILL)
